@@ -1,0 +1,286 @@
+"""Read the ``BRACHY_CDS_*`` configuration once, with strict casting, and fail fast.
+
+Contract section 1: environment variables prefixed ``BRACHY_CDS_`` are read once at start; a bad
+value stops start-up with a one-line message naming the variable (Starlette's ``Config`` habit:
+the environment is injected, so tests never touch ``os.environ``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+PREFIX = "BRACHY_CDS_"
+AUTH_MODES = ("required", "off", "off-insecure")
+BILLING_MODELS = ("global", "split")
+SITE_KEYS = {"identifier", "pos", "billing", "teaching", "name"}
+TRUSTED_ISSUER_KEYS = {"iss", "jwks_url", "jwks", "tenant"}
+
+log = logging.getLogger("brachy_cds.config")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the variable (and file) in one line."""
+
+
+@dataclass(frozen=True)
+class SiteEntry:
+    """One row of the site table (contract 5.1): an identifier mapped to a place of service."""
+
+    system: str
+    value: str
+    pos: str
+    billing: str = "global"
+    teaching: bool = False
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class TrustedIssuer:
+    """An EHR whose JWTs the service accepts (contract 1, ``BRACHY_CDS_TRUSTED_ISSUERS``)."""
+
+    iss: str
+    jwks_url: str | None = None
+    jwks: Mapping[str, Any] | None = None
+    tenant: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service configuration, immutable after start-up."""
+
+    auth: str = "required"
+    trusted_issuers: tuple[TrustedIssuer, ...] = ()
+    public_url: str | None = None
+    allowed_fhir_servers: tuple[str, ...] = ()
+    max_body_bytes: int = 5 * 1024 * 1024
+    lookback_days: int = 30
+    sites: tuple[SiteEntry, ...] = ()
+    database_url: str = "sqlite:///var/brachy-cds.sqlite3"
+    canonical_base: str = "https://brachy-cds.org/fhir"
+    fhir_budget_seconds: float = 3.0
+    """Time budget for gathering FHIR data in one hook call (prefetch check + all fetches)."""
+    fhir_max_response_bytes: int = 20 * 1024 * 1024
+    clock_skew_seconds: int = 60
+    cors_origins: tuple[str, ...] = ("*",)
+    max_json_depth: int = 64
+    log_level: str = "INFO"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    """Build Settings from ``BRACHY_CDS_*`` entries of ``environ``; raise ConfigError on a bad value."""
+    env = {k: v for k, v in environ.items() if k.startswith(PREFIX)}
+    auth = _choice(env, "AUTH", AUTH_MODES, "required")
+    settings = Settings(
+        auth=auth,
+        trusted_issuers=_trusted_issuers(env),
+        public_url=_url(env, "PUBLIC_URL"),
+        allowed_fhir_servers=_allowed_servers(env),
+        max_body_bytes=_int(env, "MAX_BODY_BYTES", 5 * 1024 * 1024, minimum=1024),
+        lookback_days=_int(env, "LOOKBACK_DAYS", 30, minimum=1),
+        sites=_sites(env),
+        database_url=env.get(PREFIX + "DATABASE_URL", "").strip() or "sqlite:///var/brachy-cds.sqlite3",
+        canonical_base=(_url(env, "CANONICAL_BASE") or "https://brachy-cds.org/fhir").rstrip("/"),
+        fhir_budget_seconds=_float(env, "FHIR_BUDGET_SECONDS", 3.0, minimum=0.1),
+        fhir_max_response_bytes=_int(env, "FHIR_MAX_RESPONSE_BYTES", 20 * 1024 * 1024, minimum=1024),
+        clock_skew_seconds=_int(env, "CLOCK_SKEW_SECONDS", 60, minimum=0),
+        cors_origins=_list(env, "CORS_ORIGINS") or ("*",),
+        max_json_depth=_int(env, "MAX_JSON_DEPTH", 64, minimum=8),
+        log_level=_choice(env, "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
+    )
+    if settings.auth == "required" and not settings.trusted_issuers:
+        log.warning("BRACHY_CDS_AUTH=required but BRACHY_CDS_TRUSTED_ISSUERS is not set: every call gets 401")
+    return settings
+
+
+def check_bind(settings: Settings, host: str) -> None:
+    """Refuse ``BRACHY_CDS_AUTH=off`` on a non-loopback bind address (contract 1)."""
+    if settings.auth == "off" and not is_loopback(host):
+        raise ConfigError(
+            f"BRACHY_CDS_AUTH=off is refused on non-loopback address {host}: use a loopback address,"
+            " BRACHY_CDS_AUTH=required, or off-insecure for a throwaway sandbox"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _name(key: str) -> str:
+    return PREFIX + key
+
+
+def _choice(env: Mapping[str, str], key: str, allowed: tuple[str, ...], default: str) -> str:
+    raw = env.get(_name(key))
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip()
+    if value not in allowed:
+        raise ConfigError(f"{_name(key)}: {value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def _int(env: Mapping[str, str], key: str, default: int, *, minimum: int) -> int:
+    raw = env.get(_name(key))
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{_name(key)}: {raw!r} is not a whole number") from None
+    if value < minimum:
+        raise ConfigError(f"{_name(key)}: {value} is below the minimum {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], key: str, default: float, *, minimum: float) -> float:
+    raw = env.get(_name(key))
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{_name(key)}: {raw!r} is not a number") from None
+    if not value >= minimum or value == float("inf"):
+        raise ConfigError(f"{_name(key)}: {raw!r} must be a finite number of at least {minimum}")
+    return value
+
+
+def _list(env: Mapping[str, str], key: str) -> tuple[str, ...]:
+    raw = env.get(_name(key), "")
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _url(env: Mapping[str, str], key: str) -> str | None:
+    raw = env.get(_name(key), "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{_name(key)}: {raw!r} is not an absolute http(s) URL")
+    return raw.rstrip("/")
+
+
+def _allowed_servers(env: Mapping[str, str]) -> tuple[str, ...]:
+    servers = []
+    for entry in _list(env, "ALLOWED_FHIR_SERVERS"):
+        parts = urlsplit(entry)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{_name('ALLOWED_FHIR_SERVERS')}: {entry!r} is not an absolute http(s) URL")
+        if parts.query or parts.fragment:
+            raise ConfigError(f"{_name('ALLOWED_FHIR_SERVERS')}: {entry!r} must not have a query or fragment")
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
+            log.warning(
+                "BRACHY_CDS_ALLOWED_FHIR_SERVERS: plain http to a non-loopback host is allowed by an explicit"
+                " http:// entry (host %s); use https outside a closed sandbox network",
+                parts.hostname,
+            )
+        servers.append(entry)
+    return tuple(servers)
+
+
+def _read_table(env: Mapping[str, str], key: str) -> tuple[str, Any] | None:
+    raw = env.get(_name(key), "").strip()
+    if not raw:
+        return None
+    path = Path(raw)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{_name(key)}: cannot read {raw} ({exc.__class__.__name__})") from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise ConfigError(f"{_name(key)}: {raw} is not valid JSON/YAML ({first_line})") from None
+    if not isinstance(data, list):
+        raise ConfigError(f"{_name(key)}: {raw} must contain a list")
+    return raw, data
+
+
+def _sites(env: Mapping[str, str]) -> tuple[SiteEntry, ...]:
+    table = _read_table(env, "SITES")
+    if table is None:
+        return ()
+    path, rows = table
+    sites = []
+    for number, row in enumerate(rows, start=1):
+        where = f"{_name('SITES')}: {path} entry {number}"
+        if not isinstance(row, dict):
+            raise ConfigError(f"{where}: expected a mapping")
+        unknown = sorted(set(row) - SITE_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}")
+        identifier = row.get("identifier")
+        if (
+            not isinstance(identifier, dict)
+            or set(identifier) - {"system", "value"}
+            or not isinstance(identifier.get("value"), str)
+            or not identifier["value"]
+            or not isinstance(identifier.get("system", ""), str)
+        ):
+            raise ConfigError(f"{where}: 'identifier' must be {{system, value}} with a non-empty string value")
+        pos = row.get("pos")
+        if isinstance(pos, int) and not isinstance(pos, bool):
+            pos = f"{pos:02d}"
+        if not isinstance(pos, str) or not pos.isdigit() or len(pos) != 2:
+            raise ConfigError(f"{where}: 'pos' is required and must be a two-digit CMS Place of Service code")
+        billing = row.get("billing", "global")
+        if billing not in BILLING_MODELS:
+            raise ConfigError(f"{where}: 'billing' must be one of {', '.join(BILLING_MODELS)}")
+        teaching = row.get("teaching", False)
+        if not isinstance(teaching, bool):
+            raise ConfigError(f"{where}: 'teaching' must be true or false")
+        name = row.get("name")
+        if name is not None and not isinstance(name, str):
+            raise ConfigError(f"{where}: 'name' must be text")
+        sites.append(SiteEntry(identifier.get("system", ""), identifier["value"], pos, billing, teaching, name))
+    return tuple(sites)
+
+
+def _trusted_issuers(env: Mapping[str, str]) -> tuple[TrustedIssuer, ...]:
+    table = _read_table(env, "TRUSTED_ISSUERS")
+    if table is None:
+        return ()
+    path, rows = table
+    issuers = []
+    for number, row in enumerate(rows, start=1):
+        where = f"{_name('TRUSTED_ISSUERS')}: {path} entry {number}"
+        if not isinstance(row, dict):
+            raise ConfigError(f"{where}: expected a mapping")
+        unknown = sorted(set(row) - TRUSTED_ISSUER_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}")
+        iss = row.get("iss")
+        if not isinstance(iss, str) or not iss:
+            raise ConfigError(f"{where}: 'iss' must be a non-empty string")
+        jwks_url, jwks = row.get("jwks_url"), row.get("jwks")
+        if (jwks_url is None) == (jwks is None):
+            raise ConfigError(f"{where}: give exactly one of 'jwks_url' or 'jwks'")
+        if jwks_url is not None:
+            parts = urlsplit(jwks_url) if isinstance(jwks_url, str) else None
+            loopback_http = parts is not None and parts.scheme == "http" and is_loopback(parts.hostname or "")
+            if parts is None or (parts.scheme != "https" and not loopback_http):
+                raise ConfigError(f"{where}: 'jwks_url' must be an https URL (http only for loopback)")
+        if jwks is not None and (not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list)):
+            raise ConfigError(f"{where}: 'jwks' must be a JWK Set object with a 'keys' list")
+        tenant = row.get("tenant")
+        if tenant is not None and not isinstance(tenant, str):
+            raise ConfigError(f"{where}: 'tenant' must be text")
+        issuers.append(TrustedIssuer(iss, jwks_url, jwks, tenant))
+    return tuple(issuers)
