@@ -1,0 +1,438 @@
+"""Render a coding Decision as CDS Hooks 2.0 cards.
+
+CDS Hooks 2.0 "Card" (https://cds-hooks.hl7.org/2.0/#card-attributes): summary under 140
+characters, ``uuid`` on every card and suggestion, ``selectionBehavior`` whenever there are
+suggestions, no null or empty values; actions are lowercase with a description. Contract section 4
+fixes the topics and the ChargeItem shape; 5.4 says which card carries the charge. Text taken from
+FHIR is escaped before it goes into Markdown (EHRs render raw HTML in ``detail``: contract 5.5).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cds_service import coding
+from cds_service.coding import ChargeLine, ChargeOption, Count, Decision, Setting
+from fhir_mappings.facts import ChargeFact, DeviceFact
+from fhir_mappings.rules import RuleSet
+
+SOURCE_LABEL = "brachy-cds"
+EXTENSION_KEY = "org.brachy-cds"
+
+TOPIC_DISPLAY = {
+    coding.CHARGE_SUGGESTION: "Planning charge suggestion",
+    coding.COUNT_MISSING: "Channel or source count missing",
+    coding.COUNT_CONFLICT: "Channel or source count conflict",
+    coding.CHARGE_MISMATCH: "Planning charge mismatch",
+    coding.BUNDLING_CONFLICT: "Bundled dosimetry charge",
+}
+INDICATOR = {
+    coding.CHARGE_SUGGESTION: "info",
+    coding.COUNT_MISSING: "warning",
+    coding.COUNT_CONFLICT: "warning",
+    coding.CHARGE_MISMATCH: "warning",
+    coding.BUNDLING_CONFLICT: "warning",
+}
+OVERRIDE_REASONS = {
+    "billed-elsewhere": "Planning billed by another entity",
+    "count-differs": "Documented channel/source count differs",
+    "setting-differs": "Place of service differs from the record",
+    "plan-reused": "No new plan: an earlier plan was reused",
+    "existing-correct": "Existing charge is correct",
+    "separate-dosimetry": "77300 is for separate, unrelated dosimetry",
+    "count-elsewhere": "Count is documented outside the EHR data",
+}
+TOPIC_OVERRIDES = {
+    coding.CHARGE_SUGGESTION: ("billed-elsewhere", "count-differs", "setting-differs", "plan-reused"),
+    coding.COUNT_CONFLICT: ("count-differs", "billed-elsewhere", "plan-reused"),
+    coding.CHARGE_MISMATCH: ("existing-correct", "count-differs", "setting-differs"),
+    coding.BUNDLING_CONFLICT: ("separate-dosimetry",),
+    coding.COUNT_MISSING: ("count-elsewhere", "plan-reused"),
+}
+SETTING_TEXT = {
+    "hospital-outpatient": "hospital outpatient",
+    "hospital-inpatient": "hospital inpatient",
+    "office": "office or freestanding centre",
+    "unknown": "unknown",
+}
+KIND_TEXT = {"channels": ("channel", "channels"), "sources": ("source", "sources")}
+DELIVERY_TEXT = {"afterloading": "afterloading", "manual": "manual source"}
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+
+
+def code_span(text: str) -> str:
+    """Put an identifier in a Markdown code span, keeping only characters that cannot break out of it."""
+    return "`" + re.sub(r"[^A-Za-z0-9_.:/#=,%+\-]", "", str(text))[:200] + "`"
+
+
+def escape(text: str) -> str:
+    """Escape FHIR text for Markdown that may be rendered with raw HTML enabled."""
+    text = " ".join(str(text).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+@dataclass
+class CardRenderer:
+    """Build the cards of a Decision; the uuid factory is injected so tests compare whole cards."""
+
+    rules: RuleSet
+    canonical_base: str
+    new_uuid: Callable[[], str]
+
+    def cards(self, decision: Decision) -> list[dict[str, Any]]:
+        """Return the decision's cards in topic order; an empty list when there is nothing to do."""
+        return [self._card(topic, decision) for topic in decision.topics]
+
+    def _card(self, topic: str, decision: Decision) -> dict[str, Any]:
+        build = {
+            coding.CHARGE_SUGGESTION: self._charge_suggestion,
+            coding.COUNT_CONFLICT: self._count_conflict,
+            coding.CHARGE_MISMATCH: self._charge_mismatch,
+            coding.COUNT_MISSING: self._count_missing,
+            coding.BUNDLING_CONFLICT: self._bundling_conflict,
+        }[topic]
+        summary, detail, suggestions = build(decision)
+        card: dict[str, Any] = {
+            "uuid": self.new_uuid(),
+            "summary": _fit(summary),
+            "indicator": INDICATOR[topic],
+            "detail": detail,
+            "source": {
+                "label": SOURCE_LABEL,
+                "topic": {
+                    "system": self.rules.systems["card_topic"],
+                    "code": topic,
+                    "display": TOPIC_DISPLAY[topic],
+                },
+            },
+        }
+        if suggestions:
+            card["selectionBehavior"] = "at-most-one"
+            card["suggestions"] = suggestions
+        card["overrideReasons"] = [
+            {"system": self.rules.systems["override_reason"], "code": code, "display": OVERRIDE_REASONS[code]}
+            for code in TOPIC_OVERRIDES[topic]
+        ]
+        card["extension"] = {
+            EXTENSION_KEY: {
+                "encounter": decision.facts.encounter_ref,
+                "ruleSetVersion": self.rules.version,
+                "rules": list(decision.rule_ids),
+            }
+        }
+        return card
+
+    # -- topics -----------------------------------------------------------------------------------
+
+    def _charge_suggestion(self, decision: Decision) -> tuple[str, str, list[dict[str, Any]]]:
+        option_text = _options_text(decision.to_create)
+        summary = f"Bill {option_text}: {self._level_label(decision)}, {_count_phrase(decision.count)}"
+        summary += _date_suffix(decision)
+        already = ""
+        if decision.existing:
+            already = "\n\nAlready charged: " + ", ".join(_charge_text(c) for c in decision.existing) + "."
+        detail = "\n\n".join(
+            part for part in (self._count_detail(decision), self._setting_detail(decision)) if part
+        ) + already
+        return summary, detail, self._create_suggestions(decision, decision.to_create, ())
+
+    def _count_conflict(self, decision: Decision) -> tuple[str, str, list[dict[str, Any]]]:
+        count = decision.count
+        assert count is not None
+        singular, plural = KIND_TEXT[count.kind]
+        summary = (
+            f"Count conflict: {count.explicit} {plural} recorded, {count.implied} implied by devices; "
+            f"{'bill' if decision.charge_topic == coding.COUNT_CONFLICT else 'billed from'} "
+            f"{_options_text(decision.to_create or decision.options)}"
+        )
+        detail = (
+            f"The recorded {singular} count ({count.explicit}) and the number of linked "
+            f"{'applicators' if count.kind == 'channels' else 'seed devices'} ({count.implied}) disagree. "
+            f"The recorded count is used, as the contract's counting rule says; check the plan and correct "
+            f"whichever is wrong.\n\n{self._count_detail(decision)}\n\n{self._setting_detail(decision)}"
+        )
+        suggestions: list[dict[str, Any]] = []
+        if decision.charge_topic == coding.COUNT_CONFLICT:
+            suggestions = self._create_suggestions(decision, decision.to_create, ())
+        return summary, detail, suggestions
+
+    def _charge_mismatch(self, decision: Decision) -> tuple[str, str, list[dict[str, Any]]]:
+        wrong = ", ".join(_charge_text(c) for c in decision.to_delete)
+        target = _options_text(decision.options)
+        wrong_codes = ", ".join(_charge_code(c) for c in decision.to_delete)
+        summary = f"Planning charge {wrong_codes} does not match the record: replace with {target}"
+        if len(summary) >= 140:
+            summary = f"Planning charge does not match the record: replace with {target}"
+        detail = (
+            f"Existing planning charge(s): {wrong}. From the record the plan codes as "
+            f"**{target}**.\n\n{self._count_detail(decision)}\n\n{self._setting_detail(decision)}"
+        )
+        return summary, detail, self._create_suggestions(decision, decision.to_create, decision.to_delete)
+
+    def _count_missing(self, decision: Decision) -> tuple[str, str, list[dict[str, Any]]]:
+        count = decision.count
+        kind = "channel or source" if decision.delivery is None else KIND_TEXT[count.kind if count else "channels"][0]
+        summary = f"Brachytherapy{_date_suffix(decision, ' on ')}: {kind} count missing, planning code not chosen"
+        procs = ", ".join(_procedure_text(p) for p in decision.procedures)
+        if decision.delivery is None:
+            why = (
+                "Neither the Procedure codes nor the linked Devices say whether sources were afterloaded "
+                "or placed by hand."
+            )
+        else:
+            why = (
+                f"No linked Device carries an explicit {kind} count and no linked "
+                f"{'applicator' if kind == 'channel' else 'seed'} Device implies one."
+            )
+        detail = (
+            f"Brachytherapy Procedure(s): {procs}.\n\n{why} 77316, 77317 and 77318 depend on the "
+            f"{kind} count, so no planning charge is suggested. Record the count (Device.property "
+            f"`channels-used` or `sources` of {self.rules.systems['count_property']}) or link the "
+            "applicator/seed Devices to the Procedure."
+        )
+        missing = _missing_text(decision)
+        if missing:
+            detail += f"\n\nNot available: {missing}."
+        return summary, detail, []
+
+    def _bundling_conflict(self, decision: Decision) -> tuple[str, str, list[dict[str, Any]]]:
+        planning = decision.level or "77316-77318"
+        bundled = self.rules.bundled_code
+        summary = f"Remove {bundled}: basic dosimetry is included in brachytherapy planning ({planning})"
+        refs = ", ".join(code_span(c.ref) for c in decision.bundled)
+        rule = self.rules.rule("bundling-77300")
+        detail = (
+            f"Charge(s) {refs} bill CPT {bundled} on this brachytherapy encounter. Since 2015 the basic "
+            f"dosimetry calculation is part of 77316-77318 and is not reported with them "
+            f"(rule `{rule.id}` {rule.version}, [source]({rule.sources[0]}))."
+        )
+        actions = [
+            {"type": "delete", "description": f"Delete {charge.ref} (CPT {bundled})", "resourceId": charge.ref}
+            for charge in decision.bundled
+        ]
+        suggestion = {
+            "uuid": self.new_uuid(),
+            "label": f"Remove the {bundled} charge" + ("s" if len(actions) > 1 else ""),
+            "isRecommended": True,
+            "actions": actions,
+        }
+        return summary, detail, [suggestion]
+
+    # -- pieces -----------------------------------------------------------------------------------
+
+    def _create_suggestions(
+        self, decision: Decision, options: Sequence[ChargeOption], deletes: Sequence[ChargeFact]
+    ) -> list[dict[str, Any]]:
+        suggestions = []
+        for option in options:
+            actions: list[dict[str, Any]] = [
+                {"type": "delete", "description": f"Delete {c.ref} ({_charge_text(c)})", "resourceId": c.ref}
+                for c in deletes
+            ]
+            actions += [
+                {
+                    "type": "create",
+                    "description": f"Create a ChargeItem for CPT {_line_description(line)}",
+                    "resource": self.charge_item(decision, line),
+                }
+                for line in option.lines
+            ]
+            verb = "Replace with" if deletes else "Add"
+            noun = "charges" if len(option.lines) > 1 else "charge"
+            suggestion: dict[str, Any] = {
+                "uuid": self.new_uuid(),
+                "label": f"{verb} {noun} {_option_label(option)}",
+                "actions": actions,
+            }
+            if option.recommended:
+                suggestion["isRecommended"] = True
+            suggestions.append(suggestion)
+        return suggestions
+
+    def charge_item(self, decision: Decision, line: ChargeLine) -> dict[str, Any]:
+        """Build the R4 ChargeItem of a create action (contract section 4)."""
+        facts = decision.facts
+        resource: dict[str, Any] = {"resourceType": "ChargeItem", "status": "billable"}
+        if line.modifiers:
+            resource["extension"] = [
+                {
+                    "url": self.rules.systems["modifier_extension"],
+                    "valueCodeableConcept": {
+                        "coding": [{"system": self.rules.modifier_systems[modifier], "code": modifier}]
+                    },
+                }
+                for modifier in line.modifiers
+            ]
+        resource["code"] = {
+            "coding": [
+                {
+                    "system": self.rules.systems["cpt"],
+                    "code": line.code,
+                    "display": _capitalised(self.rules.level_labels[line.code]["label"]),
+                }
+            ]
+        }
+        resource["subject"] = {"reference": facts.patient_ref}
+        resource["context"] = {"reference": facts.encounter_ref}
+        if decision.date:
+            resource["occurrenceDateTime"] = decision.date
+        resource["quantity"] = {"value": self.rules.quantity}
+        resource["service"] = [{"reference": p.ref} for p in decision.procedures]
+        return resource
+
+    def _level_label(self, decision: Decision) -> str:
+        assert decision.level is not None
+        return self.rules.level_labels[decision.level]["label"]
+
+    def _count_detail(self, decision: Decision) -> str:
+        count = decision.count
+        if count is None or count.value is None or decision.level is None:
+            return ""
+        singular, plural = KIND_TEXT[count.kind]
+        noun = singular if count.value == 1 else plural
+        delivery = DELIVERY_TEXT.get(decision.delivery or "", "")
+        if count.method == "explicit":
+            lines = [
+                f"- {escape(d.label)}: {(d.explicit_channels if count.kind == 'channels' else d.explicit_sources)} "
+                f"{plural} recorded ({code_span(d.ref)})"
+                for d in count.explicit_devices
+            ]
+            head = f"**{count.value} {delivery} {noun}** from the explicit count on the linked Device(s):"
+        else:
+            what = "applicator" if count.kind == "channels" else "seed Device"
+            lines = [_device_line(d) for d in count.implied_devices]
+            head = (
+                f"**{count.value} {delivery} {noun}** counted from {count.implied} linked {what}"
+                f"{'s' if count.implied != 1 else ''} (one {singular} each, each Device once per encounter):"
+            )
+        band = next(b for b in self.rules.level_bands[count.kind] if b.code == decision.level)
+        band_text = f"{band.minimum}-{band.maximum}" if band.maximum and band.maximum != band.minimum else (
+            f"{band.minimum}" if band.maximum else f"more than {band.minimum - 1}"
+        )
+        procs = ", ".join(_procedure_text(p) for p in decision.procedures)
+        rule = self.rules.rule("planning-levels")
+        text = "\n".join([head, *lines])
+        text += (
+            f"\n\nProcedure(s): {procs}. {band_text} {plural} -> **{decision.level}** "
+            f"({self.rules.level_labels[decision.level]['label']}; rule `{rule.id}` {rule.version})."
+        )
+        missing = _missing_text(decision)
+        if missing:
+            text += f"\n\nNot available: {missing}."
+        return text
+
+    def _setting_detail(self, decision: Decision) -> str:
+        setting = decision.setting
+        evidence = _setting_evidence(setting)
+        if setting.name == "unknown":
+            return (
+                f"**Setting unknown:** {evidence} Choose professional only (26) when a hospital bills the "
+                "technical part, or global when one entity owns the equipment, employs the planning staff and "
+                "supplies the physician."
+            )
+        modifiers = decision.options[0].text() if decision.options else ""
+        text = f"**Setting:** {evidence} -> {SETTING_TEXT[setting.name]}"
+        if setting.pos:
+            text += f" (POS {setting.pos})"
+        entry = self.rules.modifier_lines[setting.modifier_key]
+        if setting.name.startswith("hospital"):
+            text += f": professional component only, **{modifiers}**."
+            if entry.get("technical_note") == "inpatient":
+                text += " The hospital bills the technical part through its inpatient (Part A) claim."
+            else:
+                text += " The hospital bills the technical part on its institutional claim (UB-04 / 837I)."
+        elif setting.billing == "split":
+            text += f" with split billing: **{modifiers}** (physician 26, centre TC)."
+        else:
+            text += f", global billing: **{modifiers}**, no modifier."
+        return text
+
+    # keep the class small: free functions below do the text formatting
+
+
+def _setting_evidence(setting: Setting) -> str:
+    if setting.evidence == "site-table" and setting.site is not None:
+        where = setting.location or setting.organization
+        site_name = f" ({escape(setting.site.name)})" if setting.site.name else ""
+        return (
+            f"{_where_text(where)} matches site-table entry {escape(setting.site.value)}{site_name}, "
+            f"POS {setting.pos}"
+        )
+    if setting.evidence == "location-pos":
+        return f"{_where_text(setting.location)} is typed CMS Place of Service {setting.pos}"
+    if setting.evidence == "location-role":
+        return f"{_where_text(setting.location)} is typed v3 RoleCode {setting.role_code}"
+    if setting.evidence == "encounter-class":
+        return f"the Encounter class is {setting.encounter_class} (inpatient)"
+    return "no site-table entry, Location type or inpatient Encounter class identifies the place of service."
+
+
+def _where_text(where: Any) -> str:
+    if where is None:
+        return "the encounter"
+    kind = where.ref.split("/", 1)[0] if "/" in where.ref else "Resource"
+    return f"{kind} *{escape(where.label)}*"
+
+
+def _device_line(device: DeviceFact) -> str:
+    kind = f" ({escape(device.type_label)})" if device.type_label and device.type_label != device.label else ""
+    return f"- {escape(device.label)}{kind} ({code_span(device.ref)})"
+
+
+def _procedure_text(procedure: Any) -> str:
+    return f"{escape(procedure.label)} ({code_span(procedure.ref)})"
+
+
+def _missing_text(decision: Decision) -> str:
+    return "; ".join(escape(note) for note in decision.facts.missing)
+
+
+def _count_phrase(count: Count | None) -> str:
+    if count is None or count.value is None:
+        return "count unknown"
+    singular, plural = KIND_TEXT[count.kind]
+    return f"{count.value} {singular if count.value == 1 else plural}"
+
+
+def _date_suffix(decision: Decision, joiner: str = " on ") -> str:
+    return f"{joiner}{decision.date}" if decision.date else ""
+
+
+def _options_text(options: Sequence[ChargeOption]) -> str:
+    if len(options) == 1:
+        return _option_label(options[0])
+    return " or ".join(_option_label(option) for option in options)
+
+
+def _option_label(option: ChargeOption) -> str:
+    if len(option.lines) == 1 and not option.lines[0].modifiers:
+        return f"{option.lines[0].code} (global)"
+    return option.text()
+
+
+def _line_description(line: ChargeLine) -> str:
+    if not line.modifiers:
+        return f"{line.code}, global (no modifier)"
+    return f"{line.code} with modifier {', '.join(line.modifiers)}"
+
+
+def _charge_code(charge: ChargeFact) -> str:
+    return "-".join((charge.code or "?", *charge.modifiers))
+
+
+def _charge_text(charge: ChargeFact) -> str:
+    return f"{escape(_charge_code(charge))} ({code_span(charge.ref)})"
+
+
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _fit(summary: str) -> str:
+    """Keep the summary under 140 characters (CDS Hooks 2.0 Card.summary)."""
+    summary = " ".join(summary.split())
+    return summary if len(summary) < 140 else summary[:136].rstrip() + "..."
