@@ -54,6 +54,7 @@ class Services:
     def close(self) -> None:
         """Release threads and database connections (tests and graceful shutdown)."""
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.verifier.close()
         self.store.close()
 
 
@@ -69,6 +70,10 @@ def build_app(
     logs.configure(settings.log_level)
     rules = load_rules(settings.canonical_base)
     resources.warm_up()
+    if settings.auth == "required" and not settings.trusted_issuers:
+        logging.getLogger("brachy_cds.config").warning(
+            "BRACHY_CDS_AUTH=required but BRACHY_CDS_TRUSTED_ISSUERS is not set: every call gets 401"
+        )
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

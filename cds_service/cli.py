@@ -53,6 +53,27 @@ def serve(host: str, port: int, workers: int | None) -> None:
     _gunicorn(settings, host, port, workers)
 
 
+@main.command()
+@click.option("--check", is_flag=True, help="Only validate the rule files; exit non-zero on a problem.")
+def rules(check: bool) -> None:
+    """List the loaded rules with id, version, grade and source."""
+    from fhir_mappings.rules import load_rules
+
+    try:
+        settings = load_settings(os.environ)
+        ruleset = load_rules(settings.canonical_base)
+    except (ConfigError, RuleFileError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if check:
+        click.echo(f"ok: {len(ruleset.rules)} rules, rule set {ruleset.version}")
+        return
+    click.echo(f"rule set {ruleset.version}")
+    for rule in ruleset.rules:
+        click.echo(f"{rule.id}\t{rule.version}\t{rule.grade}\t{rule.effective}\t{rule.file}\t{rule.title}")
+        for source in rule.sources:
+            click.echo(f"    {source}")
+
+
 def _gunicorn(settings: Any, host: str, port: int, workers: int) -> None:
     """Run gunicorn in-process: app built once per worker (post-fork), graceful shutdown on SIGTERM."""
     from gunicorn.app.base import BaseApplication

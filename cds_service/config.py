@@ -97,8 +97,6 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         max_json_depth=_int(env, "MAX_JSON_DEPTH", 64, minimum=8),
         log_level=_choice(env, "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
     )
-    if settings.auth == "required" and not settings.trusted_issuers:
-        log.warning("BRACHY_CDS_AUTH=required but BRACHY_CDS_TRUSTED_ISSUERS is not set: every call gets 401")
     return settings
 
 
@@ -270,8 +268,8 @@ def _trusted_issuers(env: Mapping[str, str]) -> tuple[TrustedIssuer, ...]:
         if not isinstance(iss, str) or not iss:
             raise ConfigError(f"{where}: 'iss' must be a non-empty string")
         jwks_url, jwks = row.get("jwks_url"), row.get("jwks")
-        if (jwks_url is None) == (jwks is None):
-            raise ConfigError(f"{where}: give exactly one of 'jwks_url' or 'jwks'")
+        if jwks_url is None and jwks is None:
+            raise ConfigError(f"{where}: give 'jwks_url', 'jwks' or both (inline keys are then used as they are)")
         if jwks_url is not None:
             parts = urlsplit(jwks_url) if isinstance(jwks_url, str) else None
             loopback_http = parts is not None and parts.scheme == "http" and is_loopback(parts.hostname or "")
