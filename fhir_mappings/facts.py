@@ -3,8 +3,9 @@
 Nothing here imports fhir.resources, Flask or requests: the decision core (``cds_service.coding``)
 depends on this module only, which keeps it pure (style.md, "a pure decision core").
 
-References are normalised to ``"Type/id"`` when the resource has an id, or to the raw reference
-string otherwise (``"urn:uuid:..."``, ``"#contained"``).
+References are normalised to ``"Type/id"`` when the resource has an id; a contained resource to its
+container's key plus ``"#cid"`` (``"Procedure/p1#seed"``); otherwise to the fullUrl or raw reference
+string (``"urn:uuid:..."``).
 """
 
 from __future__ import annotations
