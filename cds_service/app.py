@@ -7,6 +7,7 @@ session, so whole card JSON can be compared exactly.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import time
@@ -49,12 +50,14 @@ class Services:
     store: Store
     verifier: JwtVerifier
     handler: HookHandler
+    client: FhirClient
     executor: ThreadPoolExecutor
 
     def close(self) -> None:
         """Release threads and database connections (tests and graceful shutdown)."""
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.verifier.close()
+        self.client.close()
         self.store.close()
 
 
@@ -81,13 +84,20 @@ def build_app(
     store = Store(settings.database_url)
     executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fhir")
     client = FhirClient(settings, session=session)
+    now = clock or time.time
     renderer = CardRenderer(rules, settings.canonical_base, new_uuid or (lambda: str(uuid.uuid4())))
     services = Services(
         settings=settings,
         rules=rules,
         store=store,
-        verifier=JwtVerifier(settings, store, clock=clock or time.time),
-        handler=HookHandler(settings, rules, Gatherer(settings, rules, client, executor), renderer),
+        verifier=JwtVerifier(settings, store, clock=now),
+        handler=HookHandler(
+            settings,
+            rules,
+            Gatherer(settings, rules, client, executor, today=lambda: dt.datetime.fromtimestamp(now(), dt.UTC).date()),
+            renderer,
+        ),
+        client=client,
         executor=executor,
     )
     app.extensions["brachy_cds"] = services

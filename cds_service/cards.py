@@ -59,8 +59,8 @@ SETTING_TEXT = {
     "unknown": "unknown",
 }
 KIND_TEXT = {"channels": ("channel", "channels"), "sources": ("source", "sources")}
-DELIVERY_TEXT = {"afterloading": "afterloading", "manual": "manual source"}
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+DELIVERY_TEXT = {"afterloading": "afterloading", "manual": "manually placed"}
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]#|~])")
 
 
 def code_span(text: str) -> str:
@@ -95,9 +95,10 @@ class CardRenderer:
             coding.COUNT_MISSING: self._count_missing,
             coding.BUNDLING_CONFLICT: self._bundling_conflict,
         }[topic]
+        card_uuid = self.new_uuid()
         summary, detail, suggestions = build(decision)
         card: dict[str, Any] = {
-            "uuid": self.new_uuid(),
+            "uuid": card_uuid,
             "summary": _fit(summary),
             "indicator": INDICATOR[topic],
             "detail": detail,
@@ -130,7 +131,13 @@ class CardRenderer:
 
     def _charge_suggestion(self, decision: Decision) -> tuple[str, str, list[dict[str, Any]]]:
         option_text = _options_text(decision.to_create)
-        summary = f"Bill {option_text}: {self._level_label(decision)}, {_count_phrase(decision.count)}"
+        if any(option.recommended for option in decision.to_create):
+            summary = f"Bill {option_text}: {self._level_label(decision)}, {_count_phrase(decision.count)}"
+        else:
+            summary = (
+                f"Choose {option_text}, place of service unknown: {self._level_label(decision)}, "
+                f"{_count_phrase(decision.count)}"
+            )
         summary += _date_suffix(decision)
         already = ""
         if decision.existing:
@@ -152,8 +159,8 @@ class CardRenderer:
         detail = (
             f"The recorded {singular} count ({count.explicit}) and the number of linked "
             f"{'applicators' if count.kind == 'channels' else 'seed devices'} ({count.implied}) disagree. "
-            f"The recorded count is used, as the contract's counting rule says; check the plan and correct "
-            f"whichever is wrong.\n\n{self._count_detail(decision)}\n\n{self._setting_detail(decision)}"
+            "The recorded count is used; check the plan and correct whichever is wrong.\n\n"
+            f"{self._count_detail(decision)}\n\n{self._setting_detail(decision)}"
         )
         suggestions: list[dict[str, Any]] = []
         if decision.charge_topic == coding.COUNT_CONFLICT:
@@ -164,9 +171,10 @@ class CardRenderer:
         wrong = ", ".join(_charge_text(c) for c in decision.to_delete)
         target = _options_text(decision.options)
         wrong_codes = ", ".join(_charge_code(c) for c in decision.to_delete)
-        summary = f"Planning charge {wrong_codes} does not match the record: replace with {target}"
+        date = _date_suffix(decision)
+        summary = f"Planning charge {wrong_codes}{date} does not match the record: replace with {target}"
         if len(summary) >= 140:
-            summary = f"Planning charge does not match the record: replace with {target}"
+            summary = f"Planning charge{date} does not match the record: replace with {target}"
         detail = (
             f"Existing planning charge(s): {wrong}. From the record the plan codes as "
             f"**{target}**.\n\n{self._count_detail(decision)}\n\n{self._setting_detail(decision)}"
@@ -230,7 +238,7 @@ class CardRenderer:
         suggestions = []
         for option in options:
             actions: list[dict[str, Any]] = [
-                {"type": "delete", "description": f"Delete {c.ref} ({_charge_text(c)})", "resourceId": c.ref}
+                {"type": "delete", "description": f"Delete {c.ref} ({_charge_code(c)})", "resourceId": c.ref}
                 for c in deletes
             ]
             actions += [
@@ -336,7 +344,7 @@ class CardRenderer:
             )
         modifiers = decision.options[0].text() if decision.options else ""
         text = f"**Setting:** {evidence} -> {SETTING_TEXT[setting.name]}"
-        if setting.pos:
+        if setting.pos and setting.evidence not in ("location-pos", "site-table"):
             text += f" (POS {setting.pos})"
         entry = self.rules.modifier_lines[setting.modifier_key]
         if setting.name.startswith("hospital"):
