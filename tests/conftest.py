@@ -5,10 +5,18 @@ Integration fixtures talk to real servers on 127.0.0.1 (``tests/fhir_server.py``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import itertools
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
 import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
+from cds_service import create_app
+from tests.cds_conformance import check_response
 from tests.fhir_server import DelayProxy, FhirTestServer, LoopbackServer, ScriptedHandler, sekmet_binary
 
 
@@ -66,3 +74,57 @@ def loopback_server() -> Iterator[Callable[[Callable[[ScriptedHandler], None]], 
     finally:
         for server in servers:
             server.close()
+
+
+class CheckedClient(FlaskClient):
+    """A Flask test client that checks every 200 hook response against the CDS Hooks rules.
+
+    Every ``POST /cds-services/{id}`` answered 200 goes through ``tests.cds_conformance.check_response``
+    (summary < 140, no null/empty values, selectionBehavior, lowercase actions, valid R4 ChargeItems),
+    and every error body (401 aside) must be an OperationOutcome: no test can forget the check.
+    """
+
+    def open(self, *args: Any, **kwargs: Any) -> TestResponse:
+        response = super().open(*args, **kwargs)
+        request_path = response.request.path
+        if response.request.method == "POST" and request_path.startswith("/cds-services/"):
+            if response.status_code == 200 and not request_path.rstrip("/").endswith("/feedback"):
+                check_response(response.get_json())
+            elif response.status_code >= 400 and response.status_code != 401:
+                body = response.get_json(silent=True)
+                assert isinstance(body, dict) and body.get("resourceType") == "OperationOutcome", body
+        assert response.status_code < 500, response.get_data(as_text=True)
+        return response
+
+
+@pytest.fixture
+def make_app(tmp_path: Path) -> Iterator[Callable[..., Flask]]:
+    """Build brachy-cds apps from ``BRACHY_CDS_*`` overrides, closed after the test.
+
+    Defaults: auth off (tests of the JWT path pass ``BRACHY_CDS_AUTH="required"``), a SQLite file in
+    ``tmp_path``, deterministic uuids. ``make_app({"BRACHY_CDS_ALLOWED_FHIR_SERVERS": url}, clock=...)``.
+    The app's ``test_client()`` is a ``CheckedClient``.
+    """
+    apps: list[Flask] = []
+
+    def build(config: Mapping[str, str] | None = None, **overrides: Any) -> Flask:
+        settings = {"BRACHY_CDS_AUTH": "off", "BRACHY_CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'brachy.sqlite3'}"}
+        settings.update(config or {})
+        numbers = itertools.count(1)
+        overrides.setdefault("new_uuid", lambda: f"00000000-0000-4000-8000-{next(numbers):012d}")
+        app = create_app(settings, **overrides)
+        app.test_client_class = CheckedClient
+        apps.append(app)
+        return app
+
+    try:
+        yield build
+    finally:
+        for app in apps:
+            app.extensions["brachy_cds"].close()
+
+
+@pytest.fixture
+def client(make_app: Callable[..., Flask]) -> FlaskClient:
+    """A checked test client of an app with default settings (auth off, prefetch only)."""
+    return make_app().test_client()

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from cds_service import create_app
 from tests.cds_conformance import check_response
 
 SCENARIO_DIR = Path(__file__).parent / "fixtures" / "scenarios"
@@ -62,21 +61,18 @@ def test_there_are_enough_scenarios():
 
 
 @pytest.mark.parametrize("folder", SCENARIOS, ids=lambda path: path.name)
-def test_scenario(folder: Path, tmp_path: Path):
+def test_scenario(folder: Path, tmp_path: Path, make_app):
     meta = json.loads((folder / "scenario.json").read_text())
     request = json.loads((folder / "request.json").read_text())
     config = {"BRACHY_CDS_AUTH": "off", "BRACHY_CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
     if (folder / "sites.yaml").exists():
         config["BRACHY_CDS_SITES"] = str(folder / "sites.yaml")
     now = dt.datetime.fromisoformat(meta.get("now", "2026-10-20T12:00:00+00:00").replace("Z", "+00:00"))
-    app = create_app(config, new_uuid=uuid_counter(), clock=now.timestamp)
-    try:
-        response = app.test_client().post(f"/cds-services/{meta['service']}", json=request)
-        assert response.status_code == 200, response.get_data(as_text=True)
-        body = response.get_json()
-        version = app.extensions["brachy_cds"].rules.version
-    finally:
-        app.extensions["brachy_cds"].close()
+    app = make_app(config, new_uuid=uuid_counter(), clock=now.timestamp)
+    response = app.test_client().post(f"/cds-services/{meta['service']}", json=request)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    version = app.extensions["brachy_cds"].rules.version
 
     check_response(body)
     for card in body["cards"]:
