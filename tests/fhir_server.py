@@ -196,6 +196,20 @@ class FhirTestServer:
                 )
             return response.json()
 
+    def read(self, path: str) -> dict[str, Any]:
+        """GET ``Type/id`` from the server (a test's way to build prefetch from stored data)."""
+        return self._get(path)
+
+    def search(self, query: str) -> dict[str, Any]:
+        """GET a search (``Procedure?encounter=x``) and return the first page's Bundle."""
+        return self._get(query)
+
+    def _get(self, path: str) -> dict[str, Any]:
+        with self.session.get(f"{self.base_url}/{path}", headers=self.auth_headers, timeout=30) as response:
+            if response.status_code != 200:
+                raise AssertionError(f"GET {path} failed: HTTP {response.status_code}")
+            return response.json()
+
 
 def _resources_of(data: Mapping[str, Any] | Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     if isinstance(data, Mapping):
