@@ -103,17 +103,26 @@ def test_the_shared_worked_example_fetches_devices_and_location(fhir_server, mak
 
 
 def test_a_prefetched_first_page_is_completed_through_paging(stored, fhir_server, make_app):
-    page = fhir_server.search(f"Procedure?encounter=enc-int-hdr{SUFFIX}&_count=1")
-    charges_first_page = fhir_server.search(f"ChargeItem?patient=pat-int-1{SUFFIX}&_count=1")
-    assert any(link["relation"] == "next" for link in charges_first_page.get("link", [])) or \
-        charges_first_page.get("total", 0) <= 1
-    encounter = fhir_server.read(f"Encounter/enc-int-hdr{SUFFIX}")
-    prefetch = {"encounter": encounter, "procedures": page, "charges": charges_first_page,
+    """The EHR sends only the first page of charges; the 77300 on page 2 is found by following ``next``."""
+    extra = {"resourceType": "ChargeItem", "id": f"ci-int-77290{SUFFIX}", "status": "billable",
+             "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "77290"}]},
+             "subject": {"reference": f"Patient/pat-int-1{SUFFIX}"},
+             "context": {"reference": f"Encounter/enc-int-hdr{SUFFIX}"}}
+    fhir_server.load([extra])
+    first_page = fhir_server.search(f"ChargeItem?patient=pat-int-1{SUFFIX}&_count=1&_sort=-_lastUpdated")
+    assert [e["resource"]["id"] for e in first_page["entry"]] == [f"ci-int-77290{SUFFIX}"]
+    assert any(link["relation"] == "next" for link in first_page["link"])
+    prefetch = {"encounter": fhir_server.read(f"Encounter/enc-int-hdr{SUFFIX}"),
+                "procedures": fhir_server.search(f"Procedure?encounter=enc-int-hdr{SUFFIX}"),
+                "charges": first_page,
                 "coverage": {"resourceType": "Bundle", "type": "searchset", "total": 0}}
     app = make_app({"BRACHY_CDS_ALLOWED_FHIR_SERVERS": fhir_server.base_url})
     response = app.test_client().post(SERVICE, json=hook(fhir_server.base_url, fhir_server.token, prefetch))
     assert response.status_code == 200, response.get_data(as_text=True)
-    assert created_lines(response.get_json()) == ["77317-26"]
+    body = response.get_json()
+    assert [card["source"]["topic"]["code"] for card in body["cards"]][:2] == ["charge-suggestion",
+                                                                                 "bundling-conflict"]
+    assert f"ChargeItem/ci-int-77300{SUFFIX}" in body["cards"][1]["detail"]
 
 
 def test_a_fhir_server_outside_the_allowed_list_is_never_contacted(stored, fhir_server, delay_proxy, make_app):
