@@ -16,7 +16,7 @@ import pytest
 
 from tests.fhir_server import FhirTestServer, load_fixture, with_suffix
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "examples"
+EXAMPLES = Path(__file__).resolve().parent / "fixtures" / "worked-example"  # copy of shared/examples
 SERVICE = "/cds-services/brachytherapy-planning-charge"
 REVIEW = "/cds-services/brachytherapy-planning-review"
 SUFFIX = "-it"
