@@ -16,7 +16,7 @@ import pytest
 
 from tests.fhir_server import FhirTestServer, load_fixture, with_suffix
 
-EXAMPLES = Path(__file__).resolve().parent / "fixtures" / "worked-example"  # copy of shared/examples
+EXAMPLES = Path(__file__).resolve().parent / "fixtures" / "fhir"  # example-*.json: copies of shared/examples
 SERVICE = "/cds-services/brachytherapy-planning-charge"
 REVIEW = "/cds-services/brachytherapy-planning-review"
 SUFFIX = "-it"
@@ -80,8 +80,8 @@ def test_no_prefetch_everything_is_fetched_with_the_token(stored, fhir_server, d
 
 def test_the_shared_worked_example_fetches_devices_and_location(fhir_server, make_app):
     """reference example: 8 catheters fetched by id, freestanding centre POS 11 -> 77317 global."""
-    request = json.loads((EXAMPLES / "encounter-discharge-request.json").read_text())
-    devices = json.loads((EXAMPLES / "devices-fetched.json").read_text())
+    request = json.loads((EXAMPLES / "example-encounter-discharge-request.json").read_text())
+    devices = json.loads((EXAMPLES / "example-devices-fetched.json").read_text())
     location = {"resourceType": "Location", "id": "ex-loc", "status": "active",
                 "name": "Lakeside Cancer Center, HDR room",
                 "type": [{"coding": [{"system": "https://www.cms.gov/Medicare/Coding/place-of-service-codes/"
