@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
+from cds_service.config import ConfigError
 from cds_service.feedback import FeedbackItem
 
 PURGE_INTERVAL_SECONDS = 300.0
@@ -76,7 +77,13 @@ class Store:
         )
         self._purge_lock = threading.Lock()
         self._next_purge = 0.0
-        metadata.create_all(self._engine)
+        try:
+            metadata.create_all(self._engine)
+        except sa.exc.SQLAlchemyError as exc:
+            self._engine.dispose()
+            raise StoreUnavailable(
+                f"BRACHY_CDS_DATABASE_URL: the database cannot be opened ({type(exc.orig or exc).__name__})"
+            ) from None
 
     @property
     def engine(self) -> Engine:
@@ -233,6 +240,10 @@ class Store:
             log.debug("purged %d expired jti rows", purged)
 
 
+class StoreUnavailable(ConfigError):
+    """The database named by BRACHY_CDS_DATABASE_URL cannot be used (one-line message, no URL)."""
+
+
 def _create_engine(database_url: str) -> tuple[Engine, bool]:
     """Build an engine (and say whether it is in memory).
 
@@ -240,12 +251,26 @@ def _create_engine(database_url: str) -> tuple[Engine, bool]:
     file, and let the pooled connections move between Flask's threads.
     """
     url = make_url(database_url)
+    if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("psycopg2", ""):
+        # A plain postgresql:// URL means psycopg 3 here (the `postgresql` extra), not psycopg2.
+        url = url.set(drivername="postgresql+psycopg")
     if url.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True), False
+        try:
+            return sa.create_engine(url, pool_pre_ping=True), False
+        except ModuleNotFoundError as exc:
+            raise StoreUnavailable(
+                f"BRACHY_CDS_DATABASE_URL: the {url.get_backend_name()} driver is not installed ({exc.name});"
+                " for PostgreSQL install the extra: pip install 'brachy-cds[postgresql]'"
+            ) from None
     database = url.database or ""
     in_memory = database in ("", ":memory:") or url.query.get("mode") == "memory"
     if not in_memory and not database.startswith("file:"):
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"BRACHY_CDS_DATABASE_URL: the SQLite folder cannot be created ({type(exc).__name__})"
+            ) from None
     engine = sa.create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
 
-from cds_service.config import Settings
+from cds_service.config import ConfigError, Settings
 from cds_service.feedback import Coding, FeedbackItem
 from cds_service.store import Store, feedback_table, seen_jti_table
+from tests.postgres_server import URL_ENV, PostgresTestServer
 
 NOW = 1_750_000_000.0
 T = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -275,20 +278,52 @@ def test_in_memory_database_works_across_threads(clock):
         assert db.feedback_summary()["services"][DISCHARGE]["accepted"] == 1
 
 
-POSTGRES_URL = os.environ.get("BRACHY_CDS_TEST_POSTGRES_URL")
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL database: BRACHY_CDS_TEST_POSTGRES_URL, or a throwaway local server."""
+    configured = os.environ.get(URL_ENV)
+    if configured:
+        yield configured
+        return
+    server = PostgresTestServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.close()
 
 
-@pytest.mark.skipif(not POSTGRES_URL, reason="set BRACHY_CDS_TEST_POSTGRES_URL to a scratch PostgreSQL database")
-def test_postgresql_round_trip(clock):
-    pytest.importorskip("psycopg")
-    with Store(POSTGRES_URL or "", clock=clock) as db:
+def test_postgresql_round_trip_and_jti_shared_by_two_workers(clock, postgres_url):
+    with Store(postgres_url, clock=clock) as first, Store(postgres_url, clock=clock) as second:
         try:
             jti = f"pg-{datetime.now(UTC).timestamp()}"
-            assert db.remember_jti("iss", jti, NOW + 60) is True
-            assert db.remember_jti("iss", jti, NOW + 60) is False
-            assert db.record_feedback("pg-test", [overridden("c1", 0, NOT_PERFORMED)]) == 1
-            assert db.feedback_summary()["services"]["pg-test"]["override_reasons"][0]["code"] == "not-performed"
+            assert first.remember_jti("iss", jti, NOW + 60) is True
+            assert second.remember_jti("iss", jti, NOW + 60) is False  # another worker sees the replay
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                stores = [first, second] * 4
+                results = list(pool.map(lambda db: db.remember_jti("iss", jti + "-race", NOW + 60), stores))
+            assert sorted(results) == [False] * 7 + [True]
+            assert first.record_feedback("pg-test", [overridden("c1", 0, NOT_PERFORMED)]) == 1
+            summary = second.feedback_summary()["services"]["pg-test"]
+            assert summary["overridden"] == 1 and summary["override_reasons"][0]["code"] == "not-performed"
         finally:
-            with db.engine.begin() as conn:
+            with first.engine.begin() as conn:
                 conn.execute(sa.delete(feedback_table).where(feedback_table.c.service_id == "pg-test"))
                 conn.execute(sa.delete(seen_jti_table).where(seen_jti_table.c.iss == "iss"))
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://user:secret@127.0.0.1:1/brachy", "driver is not installed"),
+        ("sqlite:////proc/no-such-folder/brachy.sqlite3", "cannot be created"),
+    ],
+)
+def test_an_unusable_database_stops_start_up_with_one_line_naming_the_variable(url, expected):
+    if url.startswith("postgresql") and importlib.util.find_spec("psycopg") is not None:
+        expected = "cannot be opened"  # with the driver present, nothing listens on port 1
+    with pytest.raises(ConfigError) as caught:
+        Store(url)
+    message = str(caught.value)
+    assert message.startswith("BRACHY_CDS_DATABASE_URL:") and expected in message
+    assert "\n" not in message and "secret" not in message
