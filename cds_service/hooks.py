@@ -62,8 +62,13 @@ def parse_hook_request(body: Any, service: ServiceDefinition) -> HookRequest:
 
     fhir_server = body.get("fhirServer")
     if fhir_server is not None:
-        parts = urlsplit(fhir_server) if isinstance(fhir_server, str) and len(fhir_server) <= MAX_TEXT else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        try:
+            # urlsplit and .port raise ValueError on a malformed host or port (e.g. "http://[::1"): a 400, not a 500.
+            parts = urlsplit(fhir_server) if isinstance(fhir_server, str) and len(fhir_server) <= MAX_TEXT else None
+            _ = parts.port if parts is not None else None
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise BadRequest("'fhirServer' must be an absolute http(s) URL")
     access_token = _access_token(body.get("fhirAuthorization"), fhir_server)
 
@@ -74,6 +79,10 @@ def parse_hook_request(body: Any, service: ServiceDefinition) -> HookRequest:
         for key, value in prefetch.items():
             if value is not None and not (isinstance(value, dict) and isinstance(value.get("resourceType"), str)):
                 raise BadRequest(f"prefetch '{_clip(key)}' must be a FHIR resource, a Bundle or null")
+    # Prefetch templates are rendered from the context: give them the logical ids, not "Patient/123".
+    context = {**context, "patientId": patient_id}
+    if encounter_id is not None:
+        context["encounterId"] = encounter_id
     return HookRequest(
         hook=hook,
         hook_instance=hook_instance,
