@@ -5,6 +5,11 @@ characters, ``uuid`` on every card and suggestion, ``selectionBehavior`` wheneve
 suggestions, no null or empty values; actions are lowercase with a description. Contract section 4
 fixes the topics and the ChargeItem shape; 5.4 says which card carries the charge. Text taken from
 FHIR is escaped before it goes into Markdown (EHRs render raw HTML in ``detail``: contract 5.5).
+
+Every card's detail ends with the rules it applied, each linked to its first source with its version
+and grade, and the card extension ``org.brachy-cds`` lists their ids with the rule-set version, so a
+billing manager can tell which rules produced an old suggestion. Findings of rules graded L or U
+appear as "verify" lines, never as a warning of their own.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from typing import Any
 
 from cds_service import coding
 from cds_service.coding import ChargeLine, ChargeOption, Count, Decision, Setting
+from cds_service.documentation import MISSING, UNCHECKED, ElementCheck
+from cds_service.payers import PayerMatch
 from fhir_mappings.facts import ChargeFact, DeviceFact
-from fhir_mappings.rules import RuleSet
+from fhir_mappings.rules import LOW_GRADES, Evidence, RuleSet
 
 SOURCE_LABEL = "brachy-cds"
 EXTENSION_KEY = "org.brachy-cds"
@@ -28,6 +35,8 @@ TOPIC_DISPLAY = {
     coding.COUNT_CONFLICT: "Channel or source count conflict",
     coding.CHARGE_MISMATCH: "Planning charge mismatch",
     coding.BUNDLING_CONFLICT: "Bundled dosimetry charge",
+    coding.DOCUMENTATION_GAP: "Supporting documentation missing",
+    coding.PAYER_NOTE: "Payer note",
 }
 INDICATOR = {
     coding.CHARGE_SUGGESTION: "info",
@@ -35,6 +44,8 @@ INDICATOR = {
     coding.COUNT_CONFLICT: "warning",
     coding.CHARGE_MISMATCH: "warning",
     coding.BUNDLING_CONFLICT: "warning",
+    coding.DOCUMENTATION_GAP: "warning",
+    coding.PAYER_NOTE: "info",
 }
 OVERRIDE_REASONS = {
     "billed-elsewhere": "Planning billed by another entity",
@@ -44,6 +55,8 @@ OVERRIDE_REASONS = {
     "existing-correct": "Existing charge is correct",
     "separate-dosimetry": "77300 is for separate, unrelated dosimetry",
     "count-elsewhere": "Count is documented outside the EHR data",
+    "separate-plans": "Separate plans were made for this date",
+    "documented-elsewhere": "Documentation is in a record the service cannot see",
 }
 TOPIC_OVERRIDES = {
     coding.CHARGE_SUGGESTION: ("billed-elsewhere", "count-differs", "setting-differs", "plan-reused"),
@@ -51,6 +64,8 @@ TOPIC_OVERRIDES = {
     coding.CHARGE_MISMATCH: ("existing-correct", "count-differs", "setting-differs"),
     coding.BUNDLING_CONFLICT: ("separate-dosimetry",),
     coding.COUNT_MISSING: ("count-elsewhere", "plan-reused"),
+    coding.DOCUMENTATION_GAP: ("documented-elsewhere",),
+    coding.PAYER_NOTE: (),
 }
 SETTING_TEXT = {
     "hospital-outpatient": "hospital outpatient",
@@ -87,6 +102,12 @@ class CardRenderer:
         """Return the decision's cards in topic order; an empty list when there is nothing to do."""
         return [self._card(topic, decision) for topic in decision.topics]
 
+    def verify_topic(self, decision: Decision) -> str | None:
+        """The card that carries the "verify" notes: documentation-gap when present, else the first card."""
+        if not decision.verify or not decision.topics:
+            return None
+        return coding.DOCUMENTATION_GAP if coding.DOCUMENTATION_GAP in decision.topics else decision.topics[0]
+
     def _card(self, topic: str, decision: Decision) -> dict[str, Any]:
         build = {
             coding.CHARGE_SUGGESTION: self._charge_suggestion,
@@ -94,9 +115,17 @@ class CardRenderer:
             coding.CHARGE_MISMATCH: self._charge_mismatch,
             coding.COUNT_MISSING: self._count_missing,
             coding.BUNDLING_CONFLICT: self._bundling_conflict,
+            coding.DOCUMENTATION_GAP: self._documentation_gap,
+            coding.PAYER_NOTE: self._payer_note,
         }[topic]
         card_uuid = self.new_uuid()
         summary, detail, suggestions = build(decision)
+        rule_ids = list(decision.topic_rules.get(topic, decision.rule_ids))
+        if topic == self.verify_topic(decision):
+            if topic != coding.DOCUMENTATION_GAP:
+                detail += self._verify_text(decision)
+            rule_ids += [rule_id for rule_id in decision.verify if rule_id not in rule_ids]
+        detail += self._rules_text(rule_ids)
         card: dict[str, Any] = {
             "uuid": card_uuid,
             "summary": _fit(summary),
@@ -114,15 +143,19 @@ class CardRenderer:
         if suggestions:
             card["selectionBehavior"] = "at-most-one"
             card["suggestions"] = suggestions
-        card["overrideReasons"] = [
-            {"system": self.rules.systems["override_reason"], "code": code, "display": OVERRIDE_REASONS[code]}
-            for code in TOPIC_OVERRIDES[topic]
-        ]
+        overrides = TOPIC_OVERRIDES[topic]
+        if topic == coding.CHARGE_MISMATCH and decision.excess_units:
+            overrides = (*overrides, "separate-plans")
+        if overrides:
+            card["overrideReasons"] = [
+                {"system": self.rules.systems["override_reason"], "code": code, "display": OVERRIDE_REASONS[code]}
+                for code in overrides
+            ]
         card["extension"] = {
             EXTENSION_KEY: {
                 "encounter": decision.facts.encounter_ref,
                 "ruleSetVersion": self.rules.version,
-                "rules": list(decision.rule_ids),
+                "rules": rule_ids,
             }
         }
         return card
@@ -172,14 +205,57 @@ class CardRenderer:
         target = _options_text(decision.options)
         wrong_codes = ", ".join(_charge_code(c) for c in decision.to_delete)
         date = _date_suffix(decision)
-        summary = f"Planning charge {wrong_codes}{date} does not match the record: replace with {target}"
-        if len(summary) >= 140:
-            summary = f"Planning charge{date} does not match the record: replace with {target}"
-        detail = (
-            f"Existing planning charge(s): {wrong}. From the record the plan codes as "
-            f"**{target}**.\n\n{self._count_detail(decision)}\n\n{self._setting_detail(decision)}"
-        )
+        units_only = bool(decision.excess_units) and not decision.to_create
+        if units_only:
+            summary = (
+                f"Extra planning charge {wrong_codes}{date}: {self.rules.max_units_per_date} unit per date of "
+                "service, remove it"
+            )
+            if len(summary) >= 140:
+                summary = f"Extra planning charge{date}: one unit per date of service, remove it"
+            kept = ", ".join(_charge_text(c) for c in decision.existing if c not in decision.to_delete)
+            detail = f"Planning charge(s) to remove: {wrong}. The plan codes as **{target}**, already charged: {kept}."
+        else:
+            summary = f"Planning charge {wrong_codes}{date} does not match the record: replace with {target}"
+            if len(summary) >= 140:
+                summary = f"Planning charge{date} does not match the record: replace with {target}"
+            detail = f"Existing planning charge(s): {wrong}. From the record the plan codes as **{target}**."
+        if decision.excess_units:
+            detail += "\n\n" + self._units_text(decision)
+        detail += f"\n\n{self._count_detail(decision)}\n\n{self._setting_detail(decision)}"
+        if units_only:
+            return summary, detail, [self._delete_suggestion(decision.to_delete, "Remove the extra planning charge")]
         return summary, detail, self._create_suggestions(decision, decision.to_create, decision.to_delete)
+
+    def _units_text(self, decision: Decision) -> str:
+        """Why an extra planning charge goes: one unit per date of service (rule duplicate-planning-charge)."""
+        units = self.rules.max_units_per_date
+        rule = f"a plan is billed as {units} unit per date of service (MUE) and one plan per encounter"
+        over = [c for c in decision.excess_units if c.quantity and c.quantity > units]
+        extra = [c for c in decision.excess_units if c not in over]
+        parts = []
+        if extra:
+            dates = sorted({(c.occurrence or decision.date or "")[:10] for c in decision.existing} - {""})
+            where = f"for the same date of service ({dates[0]})" if len(dates) == 1 else "on this encounter"
+            if len(dates) > 1:
+                where += f" (dates {', '.join(dates)})"
+            refs = ", ".join(code_span(c.ref) for c in extra)
+            parts.append(f"{len(decision.existing)} planning charges {where}, but {rule}: remove {refs}.")
+        if over:
+            refs = ", ".join(_charge_text(c) for c in over)
+            parts.append(f"{refs} bills more than {units} unit, but {rule}.")
+        return "**Units:** " + " ".join(parts)
+
+    def _delete_suggestion(self, charges: Sequence[ChargeFact], label: str) -> dict[str, Any]:
+        return {
+            "uuid": self.new_uuid(),
+            "label": label + ("s" if len(charges) > 1 else ""),
+            "isRecommended": True,
+            "actions": [
+                {"type": "delete", "description": f"Delete {c.ref} ({_charge_code(c)})", "resourceId": c.ref}
+                for c in charges
+            ],
+        }
 
     def _count_missing(self, decision: Decision) -> tuple[str, str, list[dict[str, Any]]]:
         count = decision.count
@@ -229,6 +305,127 @@ class CardRenderer:
             "actions": actions,
         }
         return summary, detail, [suggestion]
+
+    def _documentation_gap(self, decision: Decision) -> tuple[str, str, list[dict[str, Any]]]:
+        gaps = decision.documentation_gaps
+        what = _options_text(decision.to_create or decision.options) if decision.level else "brachytherapy planning"
+        names = ", ".join(check.element.element for check in gaps)
+        summary = f"Documentation missing for {what}{_date_suffix(decision)}: {names}"
+        if len(summary) >= 140:
+            summary = f"Documentation missing for {what}{_date_suffix(decision)}: {len(gaps)} supporting elements"
+        lines = [
+            "The planning charge needs these supporting elements (reference/billing.md section 5); this "
+            "encounter's FHIR record does not show them:"
+        ]
+        for check in gaps:
+            if check.element.rule_id == coding.COUNT_ELEMENT and coding.COUNT_MISSING in decision.topics:
+                lines.append(f"- **{check.element.element}**: see the count-missing card.")
+            else:
+                lines.append(f"- **{check.element.element}**: {self._absent_text(check)}.")
+        detail = "\n".join(lines) + self._verify_text(decision)
+        unchecked = [c for c in decision.documentation if c.status == UNCHECKED]
+        if unchecked:
+            detail += "\n\nNot checked (no " + ", ".join(
+                sorted({t for c in unchecked for t in c.unchecked_types})
+            ) + " data in prefetch or from fhirServer): " + ", ".join(c.element.element for c in unchecked) + "."
+        found = [c for c in decision.documentation if c.status not in (MISSING, UNCHECKED)]
+        if found:
+            detail += "\n\nFound: " + "; ".join(
+                f"{c.element.element} ({', '.join(_evidence_text(ref) for ref in c.found)})" for c in found
+            ) + "."
+        detail += (
+            "\n\nAdd the missing record, or the FHIR evidence that points to it (README, \"Rules and their "
+            "sources\"), before the claim goes out."
+        )
+        return summary, detail, []
+
+    def _payer_note(self, decision: Decision) -> tuple[str, str, list[dict[str, Any]]]:
+        matches = decision.payers
+        if len(matches) == 1:
+            summary = f"Payer {_payer_title(matches[0])}: {matches[0].payer.summary}"
+            if len(summary) >= 140:
+                summary = f"Payer {_payer_title(matches[0])}: see the notes on prior authorisation and claim edits"
+        else:
+            summary = "Payers " + " and ".join(_payer_title(m) for m in matches) + ": prior authorisation and edits"
+        sections = [self._payer_section(match) for match in matches]
+        detail = "\n\n".join(sections)
+        detail += (
+            "\n\nPayer notes state only what the sources say; where they are silent on 77316-77318 the note says "
+            "so. Check the payer's current policy before the claim goes out."
+        )
+        return summary, detail, []
+
+    def _payer_section(self, match: PayerMatch) -> str:
+        how = (
+            f"its identifier {code_span(match.matched)}"
+            if match.by == "identifier"
+            else f"its name (\"{escape(match.matched)}\")"
+        )
+        table = "the deployment's payer table" if match.origin.startswith("BRACHY_CDS_PAYERS") else "the payer table"
+        head = (
+            f"**{match.payer.name}**{' (Medicare Advantage)' if match.medicare_advantage else ''}: payor "
+            f"*{escape(match.payor.label)}* ({code_span(match.payor.ref)}) of {code_span(match.coverage_ref)}, "
+            f"recognised by {how} in {table}."
+        )
+        stated = [note for note in match.notes if self.rules.grade(note.rule_id) not in LOW_GRADES]
+        verify = [note for note in match.notes if self.rules.grade(note.rule_id) in LOW_GRADES]
+        lines = [head, *(f"- {escape(note.text)} {self._note_source(note.rule_id, note.read)}" for note in stated)]
+        if verify:
+            lines.append("- Verify (sources graded L or U):")
+            lines += [f"    - {escape(note.text)} {self._note_source(note.rule_id, note.read)}" for note in verify]
+        return "\n".join(lines)
+
+    def _note_source(self, rule_id: str, read: str) -> str:
+        rule = self.rules.rule(rule_id)
+        return f"([source]({rule.sources[0]}), grade {rule.grade}, read {read})"
+
+    def _absent_text(self, check: ElementCheck) -> str:
+        text = " and ".join(self._evidence_absent(evidence) for evidence in check.element.evidence)
+        if check.not_final:
+            text += f" (found but not final: {', '.join(code_span(ref) for ref in check.not_final)})"
+        return text
+
+    def _evidence_absent(self, evidence: Evidence) -> str:
+        codes = ", ".join(code_span(entry.code) for entry in evidence.codes)
+        labels = ", ".join(entry.label for entry in evidence.codes[:3]) + (", ..." if len(evidence.codes) > 3 else "")
+        return {
+            "count": "no channel or source count",
+            "imaging-study": "no ImagingStudy of the encounter",
+            "procedure-code": f"no Procedure of the encounter for {labels}",
+            "consent": "no active Consent of the patient",
+            "document-type": f"no current, final DocumentReference of the encounter typed {codes}",
+            "performer-function": f"no Procedure performer with function {codes}",
+        }[evidence.kind]
+
+    def _verify_text(self, decision: Decision) -> str:
+        """The "verify" notes: findings of rules graded L or U, never a warning of their own."""
+        if not decision.verify:
+            return ""
+        checks = {c.element.rule_id: c for c in decision.documentation}
+        lines = ["\n\n**Verify** (sources graded L or U, so not a warning on their own):"]
+        for rule_id in decision.verify:
+            rule = self.rules.rule(rule_id)
+            if rule_id in checks:
+                lines.append(f"- {checks[rule_id].element.element}: {self._absent_text(checks[rule_id])}.")
+            elif rule_id == "bundling-77300" and decision.bundled:
+                refs = ", ".join(code_span(c.ref) for c in decision.bundled)
+                lines.append(f"- {refs} bills CPT {self.rules.bundled_code}: {rule.title}.")
+            elif rule_id == "duplicate-planning-charge" and len(decision.existing) > 1:
+                refs = ", ".join(_charge_text(c) for c in decision.existing)
+                lines.append(f"- planning charges {refs}: {rule.title}.")
+            else:
+                lines.append(f"- {rule.title}.")
+        return "\n".join(lines)
+
+    def _rules_text(self, rule_ids: Sequence[str]) -> str:
+        """Cite the rules a card applied: id and version linked to the first source, and the grade."""
+        if not rule_ids:
+            return ""
+        cited = []
+        for rule_id in rule_ids:
+            rule = self.rules.rule(rule_id)
+            cited.append(f"[{rule.id} {rule.version}]({rule.sources[0]}) ({rule.grade})")
+        return f"\n\nRules: {', '.join(cited)}."
 
     # -- pieces -----------------------------------------------------------------------------------
 
@@ -357,7 +554,24 @@ class CardRenderer:
             text += f" with split billing: **{modifiers}** (physician 26, centre TC)."
         else:
             text += f", global billing: **{modifiers}**, no modifier."
-        return text
+        return text + self._teaching_text(decision)
+
+    def _teaching_text(self, decision: Decision) -> str:
+        teaching = decision.teaching
+        if teaching is None:
+            return ""
+        gc, after = self.rules.teaching.modifier, self.rules.teaching.after
+        if teaching.applied:
+            who = ", ".join(code_span(ref) for ref in teaching.residents)
+            return (
+                f" The site table marks this site as a teaching site and a resident took part ({who}): **{gc}** "
+                f"follows {after}. Bill {gc} only when the teaching-physician rules were met (for radiological "
+                "services the teaching physician personally reviews the resident's work)."
+            )
+        return (
+            f" The site table marks this site as a teaching site, but no Procedure performer is recognised as "
+            f"a resident, so no {gc}."
+        )
 
     # keep the class small: free functions below do the text formatting
 
@@ -428,8 +642,33 @@ def _line_description(line: ChargeLine) -> str:
     return f"{line.code} with modifier {', '.join(line.modifiers)}"
 
 
+_CODE_TEXT = re.compile(r"[A-Za-z0-9]{1,8}")
+
+
 def _charge_code(charge: ChargeFact) -> str:
-    return "-".join((charge.code or "?", *charge.modifiers))
+    """An existing charge as coders write it (77317-26), for summaries and action descriptions too.
+
+    Its code and modifiers are free text from the FHIR data, and a summary is not escaped (plain
+    text, CDS Hooks 2.0): anything that does not look like a code is shown as "?".
+    """
+    units = f" x{charge.quantity}" if charge.quantity and charge.quantity > 1 else ""
+    parts = (charge.code or "?", *charge.modifiers)
+    return "-".join(part if _CODE_TEXT.fullmatch(part) else "?" for part in parts) + units
+
+
+def _payer_title(match: PayerMatch) -> str:
+    """The payer's name, with the alias that matched when the name does not show it, and Medicare Advantage."""
+    extra = []
+    if match.by == "name" and match.matched.lower() not in match.payer.name.lower():
+        extra.append(match.matched)
+    if match.medicare_advantage:
+        extra.append("Medicare Advantage")
+    return match.payer.name + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _evidence_text(found: str) -> str:
+    """A found piece of evidence: a reference in a code span, a count as it is."""
+    return code_span(found) if "/" in found and " " not in found else escape(found)
 
 
 def _charge_text(charge: ChargeFact) -> str:

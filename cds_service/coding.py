@@ -10,16 +10,28 @@ requests nor fhir.resources, and it reads every code, threshold and modifier fro
   applicator or seed Devices; distinct Devices count once per encounter; two non-zero counts that
   differ are a conflict; no count means no planning charge (never a default to 77317);
 * the level from the count bands; the setting, first match wins: site table, CMS POS, v3 RoleCode,
-  Encounter class; the charge lines (26, TC, global) of that setting.
+  Encounter class; the charge lines (26, TC, global) of that setting, with GC after 26 when the
+  site table marks the site as teaching and a resident performed a brachytherapy Procedure;
+* claim edits: a 77300 charge (bundling), a second planning charge or a quantity over one unit for
+  the date of service (units);
+* when there is something to do for the encounter (any of the topics above), the companion cards:
+  ``documentation-gap`` for missing supporting documentation and ``payer-note`` for a noted payer.
+
+Every topic carries the ids of the rules behind it (cards cite them). A rule graded L or U never
+makes a warning on its own: its finding becomes a "verify" note instead (reference/billing.md key).
+The one exception is data too: a documentation element says with ``gap`` whether its absence warns,
+and an L/U element may warn only with a ``gap_basis`` (imaging and consent: the service contract).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from cds_service.config import SiteEntry
+from cds_service.documentation import MISSING, ElementCheck, check_documentation
+from cds_service.payers import PayerMatch, identify_payers
 from fhir_mappings.facts import (
     ChargeFact,
     DeviceFact,
@@ -29,13 +41,17 @@ from fhir_mappings.facts import (
     OrganizationFact,
     ProcedureFact,
 )
-from fhir_mappings.rules import RuleSet
+from fhir_mappings.rules import LOW_GRADES, RuleSet
 
 CHARGE_SUGGESTION = "charge-suggestion"
 COUNT_MISSING = "count-missing"
 COUNT_CONFLICT = "count-conflict"
 CHARGE_MISMATCH = "charge-mismatch"
 BUNDLING_CONFLICT = "bundling-conflict"
+DOCUMENTATION_GAP = "documentation-gap"
+PAYER_NOTE = "payer-note"
+COUNT_ELEMENT = "documentation-count"
+"""The documentation element of the count: the count-missing card already warns when it is missing."""
 
 AFTERLOADING = "afterloading"
 MANUAL = "manual"
@@ -112,6 +128,19 @@ class Setting:
 
 
 @dataclass(frozen=True)
+class Teaching:
+    """GC at a teaching site (site table ``teaching: true``): the residents found and whether GC applies."""
+
+    residents: tuple[str, ...]
+    """Who was recognised as a resident (performer actor references, or the Procedure when the actor is unnamed)."""
+
+    @property
+    def applied(self) -> bool:
+        """GC goes on the professional line when a resident took part."""
+        return bool(self.residents)
+
+
+@dataclass(frozen=True)
 class Decision:
     """The coding decision for one encounter and the evidence behind it."""
 
@@ -135,6 +164,21 @@ class Decision:
     """Existing 77300 charges of the encounter (bundling conflict)."""
     topics: tuple[str, ...]
     rule_ids: tuple[str, ...]
+    topic_rules: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """The ids of the rules behind each topic's card, in the order the card cites them."""
+    teaching: Teaching | None = None
+    """Set when the setting came from a teaching site of the site table."""
+    excess_units: tuple[ChargeFact, ...] = ()
+    """Planning charges to delete as extra units: more charges than lines for the date of service, or quantity > 1."""
+    documentation: tuple[ElementCheck, ...] = ()
+    payers: tuple[PayerMatch, ...] = ()
+    verify: tuple[str, ...] = ()
+    """Rule ids of findings graded L or U: shown as "verify" notes, never as warnings of their own."""
+
+    @property
+    def documentation_gaps(self) -> tuple[ElementCheck, ...]:
+        """Missing elements whose rule is graded H or M: what the documentation-gap card warns about."""
+        return tuple(c for c in self.documentation if c.status == MISSING and c.element.rule_id not in self.verify)
 
     @property
     def charge_topic(self) -> str | None:
@@ -146,7 +190,7 @@ class Decision:
 
 
 def decide(facts: EncounterFacts, rules: RuleSet, sites: Sequence[SiteEntry] = ()) -> Decision:
-    """Code the brachytherapy planning of one encounter (contract 3.1-3.3, 5.3)."""
+    """Code the brachytherapy planning of one encounter (contract 3.1-3.3, 5.3) and list its cards' topics."""
     procedures = tuple(p for p in facts.procedures if p.delivery != ELECTRONIC)
     setting = decide_setting(facts, rules, sites)
     existing = tuple(c for c in facts.charges if c.code in rules.planning_codes)
@@ -176,26 +220,83 @@ def decide(facts: EncounterFacts, rules: RuleSet, sites: Sequence[SiteEntry] = (
     count = count_units(delivery, devices, rules)
     level = level_for(count, rules)
     date = earliest_date(procedures)
-    options = charge_options(level, setting, rules) if level else ()
+    teaching = check_teaching(setting, procedures, rules)
+    options = charge_options(level, setting, rules, gc=teaching is not None and teaching.applied) if level else ()
     topics: list[str] = []
     to_delete: tuple[ChargeFact, ...] = ()
     to_create: tuple[ChargeOption, ...] = ()
+    excess: tuple[ChargeFact, ...] = ()
+    verify: list[str] = []
+    count_rules = _count_rules(count)
     rule_ids += ["applicator-device-types", "seed-device-types", "explicit-count-property"]
+    charge_rules = ["brachytherapy-procedure-codes", *count_rules, "planning-levels"]
+    charge_rules += [*_setting_rules(setting, teaching), "units-per-encounter"]
+    topic_rules: dict[str, tuple[str, ...]] = {
+        COUNT_MISSING: (
+            "brachytherapy-procedure-codes",
+            "explicit-count-property",
+            "applicator-device-types",
+            "seed-device-types",
+            "planning-levels",
+        ),
+        CHARGE_SUGGESTION: tuple(charge_rules),
+        COUNT_CONFLICT: tuple(dict.fromkeys([*charge_rules[:1], "explicit-count-property", *charge_rules[1:]])),
+        BUNDLING_CONFLICT: ("bundling-77300",),
+    }
 
     if level is None:
         topics.append(COUNT_MISSING)
     else:
         rule_ids += ["planning-levels", "setting-from-fhir", "modifiers-by-setting", "units-per-encounter"]
-        to_delete, to_create = reconcile(existing, options)
+        rule_ids += _setting_rules(setting, teaching)
+        to_delete, to_create = reconcile(existing, options, rules.max_units_per_date)
+        excess = excess_units(existing, to_delete, options, rules.max_units_per_date)
+        mismatch_rules = [*charge_rules, *(["duplicate-planning-charge"] if excess else [])]
+        topic_rules[CHARGE_MISMATCH] = tuple(mismatch_rules)
+        units_only = excess and len(excess) == len(to_delete) and not to_create
+        if units_only and rules.grade("duplicate-planning-charge") in LOW_GRADES:
+            # Only the units edit says the extra charge is wrong, and it is not well sourced: verify, do not warn.
+            verify.append("duplicate-planning-charge")
+            to_delete, excess = (), ()
         if to_delete:
             topics.append(CHARGE_MISMATCH)
             if count.conflict:
                 topics.append(COUNT_CONFLICT)
         elif to_create:
             topics.append(COUNT_CONFLICT if count.conflict else CHARGE_SUGGESTION)
+        if excess:
+            rule_ids.append("duplicate-planning-charge")
     if bundled:
-        topics.append(BUNDLING_CONFLICT)
         rule_ids.append("bundling-77300")
+        if rules.grade("bundling-77300") in LOW_GRADES:
+            verify.append("bundling-77300")
+        else:
+            topics.append(BUNDLING_CONFLICT)
+
+    documentation: tuple[ElementCheck, ...] = ()
+    payers: tuple[PayerMatch, ...] = ()
+    if topics:
+        # Something to do for this encounter: the companion cards may join (never on their own).
+        documentation = check_documentation(facts, procedures, _count_text(count, level), rules)
+        gaps = []
+        for check in documentation:
+            if check.status != MISSING:
+                continue
+            if check.element.gap == "verify":
+                verify.append(check.element.rule_id)
+            elif check.element.rule_id != COUNT_ELEMENT or COUNT_MISSING not in topics:
+                gaps.append(check)
+        if gaps:
+            topics.append(DOCUMENTATION_GAP)
+        checked = [c.element.rule_id for c in documentation if c.status == MISSING]
+        topic_rules[DOCUMENTATION_GAP] = tuple(checked)
+        rule_ids += checked
+        payers = identify_payers(facts.coverages, rules)
+        if payers:
+            topics.append(PAYER_NOTE)
+            notes = [note.rule_id for match in payers for note in match.notes]
+            topic_rules[PAYER_NOTE] = tuple(dict.fromkeys(["payer-identification", *notes]))
+            rule_ids += topic_rules[PAYER_NOTE]
     return Decision(
         facts=facts,
         procedures=procedures,
@@ -211,7 +312,78 @@ def decide(facts: EncounterFacts, rules: RuleSet, sites: Sequence[SiteEntry] = (
         bundled=bundled,
         topics=tuple(topics),
         rule_ids=tuple(dict.fromkeys(rule_ids)),
+        topic_rules={topic: topic_rules[topic] for topic in topics},
+        teaching=teaching,
+        excess_units=excess,
+        documentation=documentation,
+        payers=payers,
+        verify=tuple(dict.fromkeys(verify)) if topics else (),
     )
+
+
+def check_teaching(setting: Setting, procedures: Sequence[ProcedureFact], rules: RuleSet) -> Teaching | None:
+    """At a teaching site of the site table, find the residents among the brachytherapy Procedures' performers.
+
+    A performer is a resident when its function, or its actor PractitionerRole's code, is one of the
+    resident codes (rule ``resident-recognition`` plus ``BRACHY_CDS_RESIDENT_CODES``). None when the
+    site is not a teaching site: GC is then never considered.
+    """
+    if setting.site is None or not setting.site.teaching:
+        return None
+    codes = rules.teaching.resident_codes
+    residents = [
+        performer.actor_ref or procedure.ref
+        for procedure in procedures
+        for performer in procedure.performers
+        if any(code in codes for code in (*performer.function_codes, *performer.role_codes))
+    ]
+    return Teaching(tuple(dict.fromkeys(residents)))
+
+
+def excess_units(
+    existing: Sequence[ChargeFact],
+    to_delete: Sequence[ChargeFact],
+    options: Sequence[ChargeOption],
+    max_units: int,
+) -> tuple[ChargeFact, ...]:
+    """Return the deleted charges that are units problems (rule ``duplicate-planning-charge``).
+
+    That is every deleted charge when the encounter has more planning charges than the option has
+    lines (a second planning charge for the date of service), and any charge with a quantity over
+    ``max_units``.
+    """
+    most_lines = max((len(option.lines) for option in options), default=0)
+    too_many = len(existing) > most_lines * max_units
+    return tuple(charge for charge in to_delete if too_many or _over(charge, max_units))
+
+
+def _over(charge: ChargeFact, max_units: int) -> bool:
+    return charge.quantity is not None and charge.quantity > max_units
+
+
+def _count_rules(count: Count) -> list[str]:
+    rules = []
+    if count.method == "explicit" or count.explicit is not None:
+        rules.append("explicit-count-property")
+    if count.implied or count.method == "implied":
+        rules.append("applicator-device-types" if count.kind == "channels" else "seed-device-types")
+    return rules
+
+
+def _setting_rules(setting: Setting, teaching: Teaching | None) -> list[str]:
+    # The FHIR setting rule applied unless the site table decided (it also decided "unknown" when nothing matched).
+    rules = ["setting-from-fhir"] if setting.evidence != "site-table" else []
+    rules.append("modifiers-by-setting")
+    if teaching is not None:
+        rules += ["teaching-physician-gc", "resident-recognition"]
+    return rules
+
+
+def _count_text(count: Count, level: str | None) -> str | None:
+    if level is None or count.value is None:
+        return None
+    noun = count.kind if count.value != 1 else count.kind.rstrip("s")
+    return f"{count.value} {noun}, {count.method}"
 
 
 def decide_delivery(procedures: Sequence[ProcedureFact], devices: Sequence[DeviceFact]) -> str | None:
@@ -319,26 +491,37 @@ def _pos_of(setting_name: str, rules: RuleSet) -> str | None:
     return next((pos for pos, name in rules.pos_settings.items() if name == setting_name), None)
 
 
-def charge_options(level: str, setting: Setting, rules: RuleSet) -> tuple[ChargeOption, ...]:
-    """Build the charge options of the setting from modifiers-by-setting."""
+def charge_options(level: str, setting: Setting, rules: RuleSet, gc: bool = False) -> tuple[ChargeOption, ...]:
+    """Build the charge options of the setting from modifiers-by-setting; with ``gc``, GC goes after 26."""
     entry = rules.modifier_lines[setting.modifier_key]
+
+    def line(modifiers: Sequence[str]) -> ChargeLine:
+        modifiers = list(modifiers)
+        if gc and rules.teaching.after in modifiers:
+            modifiers.insert(modifiers.index(rules.teaching.after) + 1, rules.teaching.modifier)
+        return ChargeLine(level, tuple(modifiers))
+
     if "alternatives" in entry:
         return tuple(
-            ChargeOption(tuple(ChargeLine(level, tuple(mods)) for mods in option), recommended=False)
-            for option in entry["alternatives"]
+            ChargeOption(tuple(line(mods) for mods in option), recommended=False) for option in entry["alternatives"]
         )
-    return (ChargeOption(tuple(ChargeLine(level, tuple(mods)) for mods in entry["lines"]), recommended=True),)
+    return (ChargeOption(tuple(line(mods) for mods in entry["lines"]), recommended=True),)
 
 
 def reconcile(
-    existing: Sequence[ChargeFact], options: Sequence[ChargeOption]
+    existing: Sequence[ChargeFact], options: Sequence[ChargeOption], max_units: int = 1
 ) -> tuple[tuple[ChargeFact, ...], tuple[ChargeOption, ...]]:
     """Compare existing planning charges with the options: what to delete and what to create.
 
     Nothing to do when the existing lines equal one option (modifier order aside). Otherwise keep
     the existing lines that belong to the recommended option, delete the rest and create what is
-    missing; with no recommendation (unknown setting) any line of an alternative is accepted.
+    missing; with no recommendation (unknown setting) any line of an alternative is accepted. A
+    charge whose quantity is over ``max_units`` matches no line: it is replaced by one of one unit.
     """
+    over = [charge for charge in existing if _over(charge, max_units)]
+    if over:
+        rest_delete, to_create = reconcile([c for c in existing if c not in over], options, max_units)
+        return (*over, *rest_delete), to_create
     have = Counter(_key(charge.code or "", charge.modifiers) for charge in existing)
     for option in options:
         if have == Counter(_key(line.code, line.modifiers) for line in option.lines):

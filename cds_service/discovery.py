@@ -83,8 +83,9 @@ class ServiceDefinition:
             "id": self.id,
             "title": self.title,
             "description": self.description,
-            "prefetch": {template.key: template.query for template in self.prefetch},
         }
+        if self.prefetch:
+            entry["prefetch"] = {template.key: template.query for template in self.prefetch}
         if self.usage_requirements:
             entry["usageRequirements"] = self.usage_requirements
         return entry
@@ -94,9 +95,12 @@ _CHARGES = PrefetchTemplate("charges", "ChargeItem?patient={{context.patientId}}
 _COVERAGE = PrefetchTemplate(
     "coverage", "Coverage?patient={{context.patientId}}&status=active", False, "Coverage"
 )
+_CONSENT = PrefetchTemplate("consent", "Consent?patient={{context.patientId}}&status=active", False, "Consent")
+"""Documentation evidence (optional, like every evidence key: missing means "not checked", never a 412)."""
 _USAGE = (
-    "Needs read access to Encounter, Procedure, Device, Location, Organization, ChargeItem and Coverage. "
-    "Devices and Locations that Procedures reference are fetched from fhirServer by id."
+    "Needs read access to Encounter, Procedure, Device, Location, Organization, ChargeItem and Coverage; "
+    "ImagingStudy, DocumentReference, Consent and PractitionerRole are read when allowed, as documentation "
+    "and teaching evidence. Devices and Locations that Procedures reference are fetched from fhirServer by id."
 )
 
 SERVICES: tuple[ServiceDefinition, ...] = (
@@ -107,13 +111,22 @@ SERVICES: tuple[ServiceDefinition, ...] = (
         description=(
             "Suggests the brachytherapy isodose planning charge (CPT 77316, 77317 or 77318 with 26, TC or "
             "global billing) for the encounter, from its brachytherapy Procedures, linked Devices and setting, "
-            "and warns about missing counts, wrong or bundled charges."
+            "warns about missing counts, wrong, duplicate or bundled charges and missing documentation, and "
+            "notes what the patient's payer requires."
         ),
         prefetch=(
             PrefetchTemplate("encounter", "Encounter/{{context.encounterId}}", True, "Encounter"),
             PrefetchTemplate("procedures", "Procedure?encounter={{context.encounterId}}", True, "Procedure"),
             _CHARGES,
             _COVERAGE,
+            PrefetchTemplate("imaging", "ImagingStudy?encounter={{context.encounterId}}", False, "ImagingStudy"),
+            PrefetchTemplate(
+                "documents",
+                "DocumentReference?encounter={{context.encounterId}}&status=current",
+                False,
+                "DocumentReference",
+            ),
+            _CONSENT,
         ),
         usage_requirements=_USAGE,
     ),
@@ -129,6 +142,15 @@ SERVICES: tuple[ServiceDefinition, ...] = (
             PrefetchTemplate("procedures", "Procedure?patient={{context.patientId}}", True, "Procedure"),
             _CHARGES,
             _COVERAGE,
+            # patient-view uses patient-scoped tokens only (contract 5.5); facts keep the encounter's own.
+            PrefetchTemplate("imaging", "ImagingStudy?patient={{context.patientId}}", False, "ImagingStudy"),
+            PrefetchTemplate(
+                "documents",
+                "DocumentReference?patient={{context.patientId}}&status=current",
+                False,
+                "DocumentReference",
+            ),
+            _CONSENT,
         ),
         usage_requirements=_USAGE,
     ),

@@ -11,6 +11,9 @@ search parameter for devices).
 
 412 (``DataUnavailable``) when data the decision needs can be had neither way, or a fetch of it
 failed; its message names the prefetch key or resource type and why, never an id or a value.
+Optional keys (payer and documentation evidence) never cause a 412: when one can be had neither
+way, its fetch fails or its data is invalid, a note says so and its resource type stays out of
+``Gathered.checked``, so the documentation check calls that evidence unknown rather than missing.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ MAX_IDS_PER_SEARCH = 50
 """Ids in one ``Type?_id=`` search, so the URL stays well under the 8 KB servers accept."""
 CRITICAL_TYPES = frozenset({"Device"})
 """Types whose absence makes the decision impossible (channel/source counts): 412, not a note."""
+OPTIONAL_REFERENCE_TYPES = frozenset({"PractitionerRole"})
+"""Referenced types that are only evidence (a resident's role for GC): a failed fetch is a note, not a 412."""
 NO_SERVER = "no allowed fhirServer was given"
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
@@ -54,6 +59,8 @@ class Gathered:
     encounter_refs: list[str]
     notes: list[str] = field(default_factory=list)
     """What could not be had without making the decision impossible (e.g. "Location data was not available ...")."""
+    checked: set[str] = field(default_factory=set)
+    """Resource types of the prefetch templates whose data was had (from prefetch or fhirServer)."""
     fetch_count: int = 0
     """HTTP requests sent to fhirServer (every page counts; retries do not)."""
     rounds: int = 0
@@ -73,6 +80,10 @@ class _Job:
     call: Callable[[], list[dict[str, Any]]]
     read_url: str | None = None
     """For a read: the resource's absolute URL (its fullUrl in the pool); None for a search."""
+    required: bool = True
+    """False for optional data: a failure or timeout is a note, not a 412."""
+    checks: str | None = None
+    """The resource type this job's success makes checked (prefetch templates only)."""
 
     def requests(self, results: list[dict[str, Any]]) -> int:
         """HTTP requests the job made: one for a read, one per page for a search."""
@@ -98,25 +109,34 @@ class Gatherer:
         self.executor = executor
         self.today = today
         self.max_rounds = max_rounds
+        self.teaching_sites = any(site.teaching for site in settings.sites)
+        """Only a teaching site needs the performers' PractitionerRoles (to recognise a resident for GC)."""
 
-    def gather(self, service: ServiceDefinition, request: HookRequest) -> Gathered:
-        """Return the pool and the encounters to judge; raise DataUnavailable (412) or BadRequest (400)."""
-        return _Gathering(self, service, request).run()
+    def gather(self, service: ServiceDefinition, request: HookRequest, deadline: Deadline | None = None) -> Gathered:
+        """Return the pool and the encounters to judge; raise DataUnavailable (412) or BadRequest (400).
+
+        ``deadline`` is the hook call's time budget, counted from the request's arrival (the app
+        starts it before the JWT check); without one, the budget starts now.
+        """
+        return _Gathering(self, service, request, deadline).run()
 
 
 class _Gathering:
     """The state of one gathering: deadline, pool, what was attempted, counters."""
 
-    def __init__(self, gatherer: Gatherer, service: ServiceDefinition, request: HookRequest) -> None:
+    def __init__(
+        self, gatherer: Gatherer, service: ServiceDefinition, request: HookRequest, deadline: Deadline | None
+    ) -> None:
         self.g = gatherer
         self.service = service
         self.request = request
         self.started = time.monotonic()
-        self.deadline = Deadline(gatherer.settings.fhir_budget_seconds)
+        self.deadline = deadline or Deadline(gatherer.settings.fhir_budget_seconds)
         self.pool = ResourcePool()
         self.server = request.fhir_server if gatherer.client.allowed(request.fhir_server) else None
         self.token = request.access_token if self.server else None
         self.notes: list[str] = []
+        self.checked: set[str] = set()
         self.attempted: dict[str, set[str]] = {}
         self.fetch_count = 0
         self.fetch_seconds = 0.0
@@ -141,6 +161,7 @@ class _Gathering:
             pool=self.pool,
             encounter_refs=encounter_refs,
             notes=list(dict.fromkeys(self.notes)),
+            checked=set(self.checked),
             fetch_count=self.fetch_count,
             rounds=self.rounds,
             fetch_ms=round(self.fetch_seconds * 1000, 1),
@@ -181,19 +202,30 @@ class _Gathering:
             if value is None:
                 if is_read:
                     self._attempt(*query.split("/", 1))  # authoritative "not found": never fetched
+                self.checked.add(template.resource_type)
                 return []
             resource_type = value.get("resourceType")
             if resource_type == "Bundle":
-                self._add_prefetch(key, value)
+                if not self._add_prefetch(template, value):
+                    return []
                 if next_link(value) is None:
+                    self.checked.add(template.resource_type)
                     return []
                 if self.server is None:
                     self._unavailable(template, "is only the first page of a paged search")
                     return []
                 server, token, deadline = self.server, self.token, self.deadline
-                return [_Job(key, lambda: self.g.client.next_pages(server, value, token, deadline))]
+                return [
+                    _Job(
+                        key,
+                        lambda: self.g.client.next_pages(server, value, token, deadline),
+                        required=template.required,
+                        checks=template.resource_type,
+                    )
+                ]
             if resource_type == template.resource_type:
-                self._add_prefetch(key, value)
+                if self._add_prefetch(template, value):
+                    self.checked.add(template.resource_type)
                 return []
             # An OperationOutcome (the EHR could not run the query) or a resource of another type:
             # the key does not hold what the template asks for, so fetch it as if it were absent.
@@ -215,14 +247,37 @@ class _Gathering:
                 resource = self.g.client.read(server, query, token, deadline)
                 return [resource] if resource is not None else []
 
-            return [_Job(key, read, read_url=f"{server.rstrip('/')}/{query}")]
-        return [_Job(key, lambda: self.g.client.search(server, query, token, deadline))]
+            return [
+                _Job(
+                    key,
+                    read,
+                    read_url=f"{server.rstrip('/')}/{query}",
+                    required=template.required,
+                    checks=template.resource_type,
+                )
+            ]
+        return [
+            _Job(
+                key,
+                lambda: self.g.client.search(server, query, token, deadline),
+                required=template.required,
+                checks=template.resource_type,
+            )
+        ]
 
-    def _add_prefetch(self, key: str, value: dict[str, Any]) -> None:
+    def _add_prefetch(self, template: PrefetchTemplate, value: dict[str, Any]) -> bool:
+        """Add a prefetch value; invalid FHIR is a 400 for a required key and a note for an optional one."""
         try:
             self.pool.add(value)
         except InvalidResource as exc:
-            raise BadRequest(f"prefetch '{key}': {exc.message}") from None
+            if template.required:
+                raise BadRequest(f"prefetch '{template.key}': {exc.message}") from None
+            self.notes.append(
+                f"{template.resource_type} data was not available: prefetch '{template.key}' is not valid FHIR"
+                f" ({exc.message})"
+            )
+            return False
+        return True
 
     def _unavailable(self, template: PrefetchTemplate, why: str, *, server: bool = True) -> None:
         """412 for a required key; a note for an optional one (its evidence is then simply missing)."""
@@ -240,7 +295,12 @@ class _Gathering:
             wanted: dict[str, set[str]] = {}
             for encounter_ref in encounter_refs:
                 missing = extract.missing_references(
-                    self.pool, encounter_ref, self.g.rules, patient_ref=patient_ref, fhir_server=self.server
+                    self.pool,
+                    encounter_ref,
+                    self.g.rules,
+                    patient_ref=patient_ref,
+                    fhir_server=self.server,
+                    performer_roles=self.g.teaching_sites,
                 )
                 for resource_type, ids in missing.items():
                     fresh = {i for i in ids if _FHIR_ID.match(i)} - self.attempted.get(resource_type, set())
@@ -258,7 +318,8 @@ class _Gathering:
                     chunk = ids[start : start + MAX_IDS_PER_SEARCH]
                     self._attempt(resource_type, *chunk)
                     query = f"{resource_type}?_id={','.join(chunk)}&_count={len(chunk)}"
-                    jobs.append(_Job(resource_type, self._search_job(self.server, query)))
+                    required = resource_type not in OPTIONAL_REFERENCE_TYPES
+                    jobs.append(_Job(resource_type, self._search_job(self.server, query), required=required))
             self.rounds += 1
             self._fetch(jobs)
         log.info(
@@ -286,40 +347,67 @@ class _Gathering:
     # Running fetches
 
     def _fetch(self, jobs: list[_Job]) -> None:
-        """Run the jobs in parallel within the deadline; add their results to the pool or raise 412."""
+        """Run the jobs in parallel within the deadline; add their results to the pool or raise 412.
+
+        A required job that fails or is still running at the deadline is a 412; an optional one is a
+        note, and the other jobs' results are used.
+        """
         if not jobs:
             return
         started = time.monotonic()
-        futures: list[tuple[Future[list[dict[str, Any]]], _Job]] = [
-            (self.g.executor.submit(job.call), job) for job in jobs
-        ]
+        futures: dict[Future[list[dict[str, Any]]], _Job] = {self.g.executor.submit(job.call): job for job in jobs}
+        pending = set(futures)
         try:
-            done, pending = wait(
-                [f for f, _ in futures], timeout=self.deadline.remaining(), return_when=FIRST_EXCEPTION
-            )
+            while pending:
+                done, pending = wait(pending, timeout=self.deadline.remaining(), return_when=FIRST_EXCEPTION)
+                if not done or any(f.exception() is not None and futures[f].required for f in done):
+                    break
         finally:
             self.fetch_seconds += time.monotonic() - started
-        failed = [(f, job) for f, job in futures if f in done and f.exception() is not None]
-        if failed or pending:
+        failed = [f for f in futures if f not in pending and f.exception() is not None]
+        required_failed = [f for f in failed if futures[f].required]
+        if required_failed or any(futures[f].required for f in pending):
             for future in pending:
                 future.cancel()
-            self.fetch_count += len(done) + len(pending)
-            if failed:
-                raise self._failure(failed[0][0])
+            self.fetch_count += len(futures)
+            if required_failed:
+                raise self._failure(required_failed[0])
             raise self._timeout()
-        for future, job in futures:
+        for future in pending:
+            future.cancel()
+            self.fetch_count += 1
+            self._optional_failed(futures[future], "did not answer within the time budget")
+        for future in failed:
+            self.fetch_count += 1
+            exc = future.exception()
+            if not isinstance(exc, FhirError):
+                raise self._failure(future)  # a bug, not missing data: never hidden behind a note
+            self._optional_failed(futures[future], exc.message)
+        for future, job in futures.items():
+            if future in pending or future in failed:
+                continue
             results = future.result()
             self.fetch_count += job.requests(results)
-            for result in results:
-                self._add_fetched(job, result)
+            if all(self._add_fetched(job, result) for result in results) and job.checks:
+                self.checked.add(job.checks)
 
-    def _add_fetched(self, job: _Job, result: dict[str, Any]) -> None:
+    def _optional_failed(self, job: _Job, why: str) -> None:
+        self.notes.append(f"{job.checks or job.what} data was not available: fetching {job.what} failed ({why})")
+        log.info(
+            "optional data not available",
+            extra={"fields": {"hookInstance": self.request.hook_instance, "what": job.what}},
+        )
+
+    def _add_fetched(self, job: _Job, result: dict[str, Any]) -> bool:
         try:
             self.pool.add(result, full_url=job.read_url)
         except InvalidResource as exc:
-            raise DataUnavailable(
-                f"the FHIR server sent invalid FHIR for {job.what} ({exc.message})", code="fhir-bad-response"
-            ) from None
+            message = f"the FHIR server sent invalid FHIR for {job.what} ({exc.message})"
+            if job.required:
+                raise DataUnavailable(message, code="fhir-bad-response") from None
+            self._optional_failed(job, message)
+            return False
+        return True
 
     def _failure(self, future: Future[list[dict[str, Any]]]) -> Exception:
         exc = future.exception()

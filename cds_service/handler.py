@@ -15,6 +15,7 @@ from cds_service.cards import CardRenderer
 from cds_service.coding import decide
 from cds_service.config import Settings
 from cds_service.discovery import ServiceDefinition
+from cds_service.fhir_client import Deadline
 from cds_service.gather import Gatherer
 from cds_service.hooks import parse_hook_request
 from fhir_mappings import extract
@@ -41,15 +42,19 @@ class HookHandler:
     gatherer: Gatherer
     renderer: CardRenderer
 
-    def handle(self, service: ServiceDefinition, body: Mapping[str, Any]) -> HookOutcome:
-        """Return the cards for one hook call (CDS Hooks 2.0 "HTTP Response")."""
+    def handle(
+        self, service: ServiceDefinition, body: Mapping[str, Any], deadline: Deadline | None = None
+    ) -> HookOutcome:
+        """Return the cards for one hook call (CDS Hooks 2.0 "HTTP Response") within ``deadline``."""
         request = parse_hook_request(body, service)
-        gathered = self.gatherer.gather(service, request)
+        gathered = self.gatherer.gather(service, request, deadline)
         patient_ref = f"Patient/{request.patient_id}"
         cards: list[dict[str, Any]] = []
         topics: list[str] = []
         for encounter_ref in gathered.encounter_refs:
-            facts = extract.encounter_facts(gathered.pool, encounter_ref, patient_ref, self.rules)
+            facts = extract.encounter_facts(
+                gathered.pool, encounter_ref, patient_ref, self.rules, checked=gathered.checked
+            )
             decision = decide(facts, self.rules, self.settings.sites)
             cards.extend(self.renderer.cards(decision))
             topics.extend(decision.topics)

@@ -8,8 +8,9 @@ kept raw; the cards layer escapes them (contract 5.5).
 R4 and R5 differ in the elements read here (reference/fhir-modeling.md 1.6): Procedure
 ``performed[x]``/``usedReference`` vs ``occurrence[x]``/``used``, Device ``deviceName``/one ``type``
 vs ``name``/a list of ``type``, Encounter ``class`` one Coding vs a list, ChargeItem ``context`` vs
-``encounter``, Coverage ``payor`` vs ``insurer`` + ``paymentBy``. Fields missing from a release's
-model are read with ``getattr(..., None)``.
+``encounter``, Coverage ``payor`` vs ``insurer`` + ``paymentBy``, DocumentReference
+``context.encounter`` vs a ``context`` list, Consent ``patient`` vs ``subject``. Fields missing from a
+release's model are read with ``getattr(..., None)``.
 """
 
 from __future__ import annotations
@@ -23,12 +24,16 @@ from fhir_core.fhirabstractmodel import FHIRAbstractModel
 
 from fhir_mappings.facts import (
     ChargeFact,
+    ConsentFact,
     CoverageFact,
     DeviceFact,
+    DocumentFact,
     EncounterFacts,
     Identifier,
+    ImagingStudyFact,
     LocationFact,
     OrganizationFact,
+    PerformerFact,
     ProcedureFact,
 )
 from fhir_mappings.resources import ResourcePool, as_reference, reference_type
@@ -36,6 +41,10 @@ from fhir_mappings.rules import RuleSet
 
 IN_SCOPE_STATUSES = frozenset({"completed", "in-progress"})
 """Procedure statuses that count as brachytherapy done (contract 3.1); not-done, entered-in-error... do not."""
+IMAGING_STUDY_VOID = frozenset({"cancelled", "entered-in-error"})
+"""ImagingStudy statuses that are no evidence of imaging."""
+DOCUMENT_STATUS = "current"
+"""The DocumentReference status that counts as evidence (superseded and entered-in-error do not)."""
 
 _MCODE_PARTS = ("modality", "technique")
 Code = tuple[str, str]
@@ -85,12 +94,15 @@ def procedure_device_refs(procedure: FHIRAbstractModel, pool: ResourcePool) -> l
     )
 
 
-def encounter_facts(pool: ResourcePool, encounter_ref: str, patient_ref: str, rules: RuleSet) -> EncounterFacts:
+def encounter_facts(
+    pool: ResourcePool, encounter_ref: str, patient_ref: str, rules: RuleSet, checked: Iterable[str] = ()
+) -> EncounterFacts:
     """Collect everything the coding core needs about one encounter, and notes on what is missing.
 
     ``encounter_ref`` and ``patient_ref`` may be bare ids (CDS Hooks context) or references in any
     form the pool resolves. Without the Encounter itself the facts still hold its Procedures,
-    Devices, charges and coverages, plus a note.
+    Devices, charges and coverages, plus a note. ``checked`` names the resource types whose data was
+    had (the gathering layer knows): evidence of other types is unknown, not absent.
     """
     encounter_key = pool.key(as_reference(encounter_ref, "Encounter"))
     patient_key = pool.key(as_reference(patient_ref, "Patient"))
@@ -113,6 +125,13 @@ def encounter_facts(pool: ResourcePool, encounter_ref: str, patient_ref: str, ru
         charges=_charge_facts(pool, encounter_key, rules),
         coverages=coverages,
         missing=tuple(dict.fromkeys(notes)),
+        related_procedures=tuple(
+            _procedure_fact(pool, procedure, rules) for procedure in _related_procedures(pool, encounter_key, rules)
+        ),
+        imaging_studies=_imaging_study_facts(pool, encounter_key),
+        documents=_document_facts(pool, encounter_key),
+        consents=_consent_facts(pool, patient_key),
+        checked=tuple(sorted(set(checked))),
     )
 
 
@@ -146,13 +165,16 @@ def missing_references(
     *,
     patient_ref: str | None = None,
     fhir_server: str | None = None,
+    performer_roles: bool = False,
 ) -> dict[str, set[str]]:
     """Return, by resource type, the ids the facts need that are not in the pool and can be read by id.
 
     The gathering layer fetches them in one search per type (``Device?_id=a,b``: R4 has no
     Procedure search parameter for devices, contract 2). Covers the Encounter, the Devices linked to
     its brachytherapy Procedures, its Locations, its serviceProvider and the payors of active
-    Coverages (of ``patient_ref`` when given). Contained and ``urn:`` references are never fetchable.
+    Coverages (of ``patient_ref`` when given); with ``performer_roles``, also the PractitionerRoles
+    that perform those Procedures (only a teaching site needs them, to recognise a resident).
+    Contained and ``urn:`` references are never fetchable.
     """
     encounter_key = pool.key(as_reference(encounter_ref, "Encounter"))
     encounter = _typed(pool.resolve(encounter_key), "Encounter")
@@ -176,6 +198,13 @@ def missing_references(
         for coverage in _active_coverages(pool, patient_key)
         for reference in _payor_links(coverage)
     ]
+    if performer_roles:
+        wanted += [
+            ("PractitionerRole", _written(performer.actor), procedure)
+            for procedure in procedures
+            for performer in procedure.performer or ()
+            if performer.actor is not None
+        ]
     found: dict[str, set[str]] = {}
     for resource_type, written, holder in wanted:
         target = pool.fetch_target(written, holder, fhir_server)
@@ -195,6 +224,37 @@ def _encounter_procedures(pool: ResourcePool, encounter_key: str, rules: RuleSet
     ]
 
 
+def _related_procedures(pool: ResourcePool, encounter_key: str, rules: RuleSet) -> list[FHIRAbstractModel]:
+    """The encounter's Procedures that are done but not brachytherapy (imaging, planning...): documentation evidence."""
+    return [
+        procedure
+        for procedure in pool.of_type("Procedure")
+        if procedure.status in IN_SCOPE_STATUSES
+        and _reference_key(pool, procedure.encounter, procedure) == encounter_key
+        and not is_brachytherapy(procedure, rules)
+    ]
+
+
+def _performers(pool: ResourcePool, procedure: FHIRAbstractModel) -> tuple[PerformerFact, ...]:
+    """Return Procedure.performer entries: function codes, and the actor's PractitionerRole.code when it resolves."""
+    facts = []
+    for performer in procedure.performer or ():
+        actor = performer.actor
+        written = _written(actor)
+        target = _typed(pool.resolve(written, procedure), "PractitionerRole") if written else None
+        role_codes = (
+            _code_pairs(coding for concept in target.code or () for coding in _codings(concept)) if target else ()
+        )
+        facts.append(
+            PerformerFact(
+                actor_ref=pool.key(written, procedure) if written else None,
+                function_codes=_code_pairs(_codings(performer.function)),
+                role_codes=role_codes,
+            )
+        )
+    return tuple(facts)
+
+
 def _procedure_fact(pool: ResourcePool, procedure: FHIRAbstractModel, rules: RuleSet) -> ProcedureFact:
     ref = pool.key_of(procedure)
     codes = procedure_codes(procedure, rules)
@@ -208,6 +268,7 @@ def _procedure_fact(pool: ResourcePool, procedure: FHIRAbstractModel, rules: Rul
         device_refs=tuple(procedure_device_refs(procedure, pool)),
         location_ref=_reference_key(pool, procedure.location, procedure),
         codes=codes,
+        performers=_performers(pool, procedure),
     )
 
 
@@ -504,14 +565,65 @@ def _coverage_facts(pool: ResourcePool, patient_key: str) -> tuple[tuple[Coverag
             notes.extend(payor_notes)
             if payor is not None:
                 payors.setdefault(payor.ref, payor)
+        order = getattr(coverage, "order", None)
         facts.append(
             CoverageFact(
                 ref=pool.key_of(coverage),
                 payors=tuple(payors.values()),
                 type_codes=_code_pairs(_codings(coverage.type)),
+                order=order if isinstance(order, int) else None,
             )
         )
     return tuple(facts), notes
+
+
+# Documentation evidence
+
+
+def _imaging_study_facts(pool: ResourcePool, encounter_key: str) -> tuple[ImagingStudyFact, ...]:
+    return tuple(
+        ImagingStudyFact(ref=pool.key_of(study), label=study.description or pool.key_of(study), status=study.status)
+        for study in pool.of_type("ImagingStudy")
+        if study.status not in IMAGING_STUDY_VOID and _reference_key(pool, study.encounter, study) == encounter_key
+    )
+
+
+def _document_facts(pool: ResourcePool, encounter_key: str) -> tuple[DocumentFact, ...]:
+    """Return the encounter's current DocumentReferences: R4 ``context.encounter``, R5 a ``context`` list."""
+    facts = []
+    for document in pool.of_type("DocumentReference"):
+        if document.status != DOCUMENT_STATUS:
+            continue
+        context = document.context
+        if isinstance(context, list):
+            links = context
+        else:
+            links = list(getattr(context, "encounter", None) or ()) if context is not None else []
+        if not any(_reference_key(pool, link, document) == encounter_key for link in links):
+            continue
+        ref = pool.key_of(document)
+        facts.append(
+            DocumentFact(
+                ref=ref,
+                label=document.description or _concept_label(document.type) or ref,
+                type_codes=_code_pairs(_codings(document.type)),
+                doc_status=document.docStatus,
+            )
+        )
+    return tuple(facts)
+
+
+def _consent_facts(pool: ResourcePool, patient_key: str) -> tuple[ConsentFact, ...]:
+    """Return the patient's active Consents: R4 ``patient``, R5 ``subject``."""
+    facts = []
+    for consent in pool.of_type("Consent"):
+        holder = getattr(consent, "patient", None) or getattr(consent, "subject", None)
+        if consent.status != "active" or _reference_key(pool, holder, consent) != patient_key:
+            continue
+        ref = pool.key_of(consent)
+        label = next((label for label in map(_concept_label, consent.category or ()) if label), None)
+        facts.append(ConsentFact(ref=ref, label=label or ref))
+    return tuple(facts)
 
 
 # Charges
@@ -534,6 +646,7 @@ def _charge_facts(pool: ResourcePool, encounter_key: str, rules: RuleSet) -> tup
         raw = pool.raw_of(item)
         period = raw.get("occurrencePeriod")
         occurrence = raw.get("occurrenceDateTime") or (period.get("start") if isinstance(period, Mapping) else None)
+        quantity = item.quantity.value if item.quantity is not None else None
         facts.append(
             ChargeFact(
                 ref=pool.key_of(item),
@@ -541,6 +654,7 @@ def _charge_facts(pool: ResourcePool, encounter_key: str, rules: RuleSet) -> tup
                 code=code or None,
                 modifiers=tuple(dict.fromkeys(modifiers)),
                 occurrence=occurrence if isinstance(occurrence, str) else None,
+                quantity=_whole_number(quantity) if quantity is not None else None,
             )
         )
     return tuple(facts)

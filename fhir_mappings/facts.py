@@ -14,6 +14,19 @@ from dataclasses import dataclass, field
 
 Identifier = tuple[str, str]
 """(system, value) of a FHIR Identifier; system is "" when absent."""
+Code = tuple[str, str]
+"""(system, code) of a FHIR Coding; system is "" when absent."""
+
+
+@dataclass(frozen=True)
+class PerformerFact:
+    """A Procedure.performer: who took part, in which function (billing.md 2.3 GC; documentation evidence)."""
+
+    actor_ref: str | None
+    function_codes: tuple[Code, ...] = ()
+    """Procedure.performer.function codes."""
+    role_codes: tuple[Code, ...] = ()
+    """PractitionerRole.code codes when the actor is a PractitionerRole that could be read."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,7 @@ class ProcedureFact:
     location_ref: str | None = None
     codes: tuple[tuple[str, str], ...] = ()
     """(system, code) of Procedure.code and the mCODE modality/technique extension."""
+    performers: tuple[PerformerFact, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +98,8 @@ class ChargeFact:
     modifiers: tuple[str, ...] = ()
     """Modifiers in claim order, from the chargeitem-modifier extension and the CPT expression."""
     occurrence: str | None = None
+    quantity: int | None = None
+    """ChargeItem.quantity.value when it is a whole number; None when absent (one unit)."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +109,35 @@ class CoverageFact:
     ref: str
     payors: tuple[OrganizationFact, ...] = ()
     type_codes: tuple[tuple[str, str], ...] = ()
+    order: int | None = None
+    """Coverage.order (1 = primary); None when absent."""
+
+
+@dataclass(frozen=True)
+class ImagingStudyFact:
+    """An ImagingStudy of the encounter that is not cancelled or entered-in-error (documentation evidence)."""
+
+    ref: str
+    label: str
+    status: str
+
+
+@dataclass(frozen=True)
+class DocumentFact:
+    """A DocumentReference of the encounter with status current (documentation evidence)."""
+
+    ref: str
+    label: str
+    type_codes: tuple[Code, ...] = ()
+    doc_status: str | None = None
+
+
+@dataclass(frozen=True)
+class ConsentFact:
+    """An active Consent of the patient (documentation evidence, contract 3.4)."""
+
+    ref: str
+    label: str
 
 
 @dataclass(frozen=True)
@@ -114,3 +159,11 @@ class EncounterFacts:
     coverages: tuple[CoverageFact, ...] = ()
     missing: tuple[str, ...] = field(default=())
     """Human-readable notes on references that could not be resolved (no patient identifiers)."""
+    related_procedures: tuple[ProcedureFact, ...] = ()
+    """The encounter's other Procedures (completed or in-progress): imaging, planning, ... (documentation evidence)."""
+    imaging_studies: tuple[ImagingStudyFact, ...] = ()
+    documents: tuple[DocumentFact, ...] = ()
+    consents: tuple[ConsentFact, ...] = ()
+    checked: tuple[str, ...] = ()
+    """Resource types whose data was had (prefetch or fhirServer): evidence of these types that is absent is
+    missing; evidence of other types is unknown. The Procedures and Devices the decision rests on always count."""

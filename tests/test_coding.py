@@ -9,10 +9,12 @@ from cds_service.coding import ChargeLine, ChargeOption, decide
 from cds_service.config import SiteEntry
 from fhir_mappings.facts import (
     ChargeFact,
+    CoverageFact,
     DeviceFact,
     EncounterFacts,
     LocationFact,
     OrganizationFact,
+    PerformerFact,
     ProcedureFact,
 )
 from fhir_mappings.rules import load_rules
@@ -226,3 +228,99 @@ def test_charge_date_is_the_earliest_procedure_date():
     later = ProcedureFact("Procedure/p9", "HDR fraction 2", "completed", "afterloading", "2026-10-21T09:00:00Z",
                           "Encounter/e1")
     assert decide(facts(procedures=(later, HDR), devices=applicators(3)), RULES).date == "2026-10-14"
+
+
+# Issue 3: GC, units, companion cards
+
+
+ROLE_CS = "https://brachy-cds.org/fhir/CodeSystem/brachytherapy-role"
+RESIDENT = PerformerFact("Practitioner/res", ((ROLE_CS, "resident"),))
+NUCC_ROLE = PerformerFact("PractitionerRole/r1", role_codes=(("http://nucc.org/provider-taxonomy", "390200000X"),))
+TEACHING = (SiteEntry("urn:npi", "123", "22", teaching=True),)
+TEACHING_SPLIT = (SiteEntry("urn:npi", "123", "11", billing="split", teaching=True),)
+SITE_LOCATION = LocationFact("Location/s", "Teaching suite", identifiers=(("urn:npi", "123"),))
+
+
+def with_performers(*performers: PerformerFact) -> ProcedureFact:
+    return ProcedureFact(HDR.ref, HDR.label, HDR.status, HDR.delivery, HDR.start, HDR.encounter_ref,
+                         performers=performers)
+
+
+@pytest.mark.parametrize(
+    ("sites", "performers", "lines", "teaching"),
+    [
+        (TEACHING, (RESIDENT,), [("26", "GC")], ("Practitioner/res",)),
+        (TEACHING, (NUCC_ROLE,), [("26", "GC")], ("PractitionerRole/r1",)),
+        (TEACHING, (PerformerFact("Practitioner/ro"),), [("26",)], ()),
+        ((SiteEntry("urn:npi", "123", "22"),), (RESIDENT,), [("26",)], None),  # not a teaching site
+        ((), (RESIDENT,), [("26",)], None),  # setting from the Location type, not the site table
+        (TEACHING_SPLIT, (RESIDENT,), [("26", "GC"), ("TC",)], ("Practitioner/res",)),  # GC on the 26 line only
+    ],
+    ids=["resident-function", "resident-practitioner-role", "no-resident", "not-teaching", "no-site", "split"],
+)
+def test_gc_follows_26_at_a_teaching_site_when_a_resident_took_part(sites, performers, lines, teaching):
+    location = SITE_LOCATION if sites else POS22
+    decision = decide(facts(procedures=(with_performers(*performers),), devices=applicators(3),
+                            locations=(location,)), RULES, sites)
+    assert [line.modifiers for line in decision.options[0].lines] == lines
+    assert (decision.teaching.residents if decision.teaching else None) == teaching
+    assert ("teaching-physician-gc" in decision.topic_rules[coding.CHARGE_SUGGESTION]) == (teaching is not None)
+
+
+def test_an_existing_charge_without_gc_at_a_teaching_site_is_replaced():
+    charge = ChargeFact("ChargeItem/c1", "billable", "77317", ("26",))
+    decision = decide(facts(procedures=(with_performers(RESIDENT),), devices=applicators(3),
+                            locations=(SITE_LOCATION,), charges=(charge,)), RULES, TEACHING)
+    assert decision.topics == (coding.CHARGE_MISMATCH,)
+    assert decision.to_create == (ChargeOption((ChargeLine("77317", ("26", "GC")),), recommended=True),)
+    assert decision.excess_units == ()
+
+
+def test_a_duplicate_planning_charge_is_an_excess_unit_citing_the_units_rule():
+    first = ChargeFact("ChargeItem/c1", "billable", "77317", ("26",), occurrence="2026-10-14")
+    second = ChargeFact("ChargeItem/c2", "billable", "77317", ("26",), occurrence="2026-10-14")
+    decision = decide(facts(devices=applicators(3), charges=(first, second)), RULES)
+    assert decision.excess_units == (second,)
+    assert "duplicate-planning-charge" in decision.topic_rules[coding.CHARGE_MISMATCH]
+
+
+def test_a_second_planning_charge_of_another_level_is_an_excess_unit_too():
+    right = ChargeFact("ChargeItem/c1", "billable", "77317", ("26",))
+    other = ChargeFact("ChargeItem/c2", "billable", "77316", ("26",))
+    decision = decide(facts(devices=applicators(3), charges=(right, other)), RULES)
+    assert (decision.topics, decision.to_delete, decision.to_create) == ((coding.CHARGE_MISMATCH,), (other,), ())
+    assert decision.excess_units == (other,)
+
+
+def test_a_quantity_over_one_unit_is_replaced_by_one_unit():
+    charge = ChargeFact("ChargeItem/c1", "billable", "77317", ("26",), quantity=2)
+    decision = decide(facts(devices=applicators(3), charges=(charge,)), RULES)
+    assert (decision.to_delete, decision.excess_units) == ((charge,), (charge,))
+    assert decision.to_create == (ChargeOption((ChargeLine("77317", ("26",)),), recommended=True),)
+    one = ChargeFact("ChargeItem/c1", "billable", "77317", ("26",), quantity=1)
+    assert decide(facts(devices=applicators(3), charges=(one,)), RULES).topics == ()
+
+
+def test_payer_and_documentation_cards_come_only_with_something_to_do():
+    medicare = CoverageFact("Coverage/c", payors=(OrganizationFact("Organization/cms", "Medicare"),))
+    evidence = ("ImagingStudy", "DocumentReference", "Consent")
+    nothing_to_do = facts(devices=applicators(3), coverages=(medicare,), checked=evidence,
+                          charges=(ChargeFact("ChargeItem/c1", "billable", "77317", ("26",)),))
+    assert decide(nothing_to_do, RULES).topics == ()
+    to_do = facts(devices=applicators(3), coverages=(medicare,), checked=evidence)
+    decision = decide(to_do, RULES)
+    assert decision.topics == (coding.CHARGE_SUGGESTION, coding.DOCUMENTATION_GAP, coding.PAYER_NOTE)
+    # Imaging and consent warn (the contract names them); approval and dosimetry use project codes: verify.
+    assert [c.element.rule_id for c in decision.documentation_gaps] == [
+        "documentation-imaging",
+        "documentation-consent",
+    ]
+    assert decision.verify == ("documentation-plan-approval", "documentation-dosimetry-record")
+    assert decision.topic_rules[coding.PAYER_NOTE][0] == "payer-identification"
+    assert decide(facts(procedures=(), coverages=(medicare,), checked=evidence), RULES).topics == ()
+
+
+def test_a_missing_count_alone_makes_no_documentation_gap_card():
+    decision = decide(facts(devices=(), checked=()), RULES)
+    assert decision.topics == (coding.COUNT_MISSING,)
+    assert [c.status for c in decision.documentation if c.element.rule_id == "documentation-count"] == ["missing"]

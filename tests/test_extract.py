@@ -22,11 +22,15 @@ from fhir_mappings.extract import (
 )
 from fhir_mappings.facts import (
     ChargeFact,
+    ConsentFact,
     CoverageFact,
     DeviceFact,
+    DocumentFact,
     EncounterFacts,
+    ImagingStudyFact,
     LocationFact,
     OrganizationFact,
+    PerformerFact,
     ProcedureFact,
 )
 from fhir_mappings.resources import InvalidResource, ResourcePool, parse_resource
@@ -104,10 +108,32 @@ HDR_SUITE = LocationFact(
 )
 HDR_CHARGES = (
     ChargeFact(
-        ref="ChargeItem/ci-plan", status="billable", code="77317", modifiers=("GC", "26"), occurrence="2026-03-02"
+        ref="ChargeItem/ci-plan",
+        status="billable",
+        code="77317",
+        modifiers=("GC", "26"),
+        occurrence="2026-03-02",
+        quantity=1,
     ),
-    ChargeFact(ref="ChargeItem/ci-77300", status="billed", code="77300", modifiers=("26",), occurrence="2026-03-01"),
+    ChargeFact(
+        ref="ChargeItem/ci-77300",
+        status="billed",
+        code="77300",
+        modifiers=("26",),
+        occurrence="2026-03-01",
+        quantity=1,
+    ),
 )
+HDR_CT_SIMULATION = ProcedureFact(
+    ref="Procedure/proc-ct-sim",
+    label="Computerized axial tomography",
+    status="completed",
+    delivery=None,
+    start="2026-03-02T08:30:00-05:00",
+    encounter_ref="Encounter/enc-hdr",
+    codes=((SCT, "77477000"),),
+)
+"""The CT done in the encounter: not brachytherapy, but imaging evidence for the documentation check."""
 HDR_COVERAGES = (
     CoverageFact(
         ref="Coverage/cov-medicare",
@@ -143,6 +169,7 @@ def test_r4_hdr_encounter_facts(rules):
         charges=HDR_CHARGES,
         coverages=HDR_COVERAGES,
         missing=("Device/dev-cylinder was not available",),
+        related_procedures=(HDR_CT_SIMULATION,),
     )
 
 
@@ -200,6 +227,7 @@ def test_r5_ldr_encounter_facts(rules):
                 code="77318",
                 modifiers=("26",),
                 occurrence="2026-04-20",
+                quantity=1,
             ),
         ),
         coverages=(
@@ -349,6 +377,7 @@ def test_facts_without_the_encounter_come_from_its_procedures(rules):
         charges=HDR_CHARGES,
         coverages=HDR_COVERAGES,
         missing=("Encounter/enc-hdr was not available", "Device/dev-cylinder was not available"),
+        related_procedures=(HDR_CT_SIMULATION,),
     )
 
 
@@ -586,3 +615,96 @@ def test_odd_references_and_counts_give_facts_or_invalid_resource(rules, referen
 
     assert facts.encounter_ref == "Encounter/enc-hdr"
     assert all(isinstance(ids, set) for ids in missing.values())
+
+
+# Documentation and teaching evidence (issue 3)
+
+DOC_TYPE = "https://brachy-cds.org/fhir/CodeSystem/brachytherapy-documentation"
+ROLE_CS = "https://brachy-cds.org/fhir/CodeSystem/brachytherapy-role"
+NUCC = "http://nucc.org/provider-taxonomy"
+SUBJECT = {"reference": "Patient/pat-ev"}
+
+
+def evidence_bundle() -> dict[str, Any]:
+    """An HDR encounter with R4 and R5-shaped evidence, and evidence of another encounter and patient."""
+    def doc(doc_id: str, context: Any, status: str = "current", doc_status: str | None = "final") -> dict[str, Any]:
+        resource = {"resourceType": "DocumentReference", "id": doc_id, "status": status,
+                    "type": {"coding": [{"system": DOC_TYPE, "code": "plan-approval"}], "text": "Plan approval"},
+                    "subject": SUBJECT, "context": context,
+                    "content": [{"attachment": {"contentType": "application/pdf"}}]}
+        if doc_status:
+            resource["docStatus"] = doc_status
+        return resource
+
+    resources = [
+        {"resourceType": "Encounter", "id": "enc-ev", "status": "finished", "class": {"code": "AMB"},
+         "subject": SUBJECT},
+        {"resourceType": "Procedure", "id": "hdr-ev", "status": "completed", "subject": SUBJECT,
+         "code": {"coding": [{"system": SCT, "code": "394902000"}]}, "encounter": {"reference": "Encounter/enc-ev"},
+         "performedDateTime": "2026-10-14",
+         "performer": [
+             {"function": {"coding": [{"system": ROLE_CS, "code": "resident"}]},
+              "actor": {"reference": "Practitioner/res"}},
+             {"actor": {"reference": "PractitionerRole/role-res"}},
+             {"actor": {"reference": "PractitionerRole/role-elsewhere"}},
+         ]},
+        {"resourceType": "Procedure", "id": "ct-ev", "status": "completed", "subject": SUBJECT,
+         "code": {"coding": [{"system": SCT, "code": "77477000"}], "text": "CT"},
+         "encounter": {"reference": "Encounter/enc-ev"}},
+        {"resourceType": "Procedure", "id": "ct-cancelled", "status": "not-done", "subject": SUBJECT,
+         "code": {"coding": [{"system": SCT, "code": "77477000"}]}, "encounter": {"reference": "Encounter/enc-ev"}},
+        {"resourceType": "PractitionerRole", "id": "role-res", "code": [{"coding": [{"system": NUCC,
+                                                                                     "code": "390200000X"}]}]},
+        {"resourceType": "ImagingStudy", "id": "img-ev", "status": "available", "subject": SUBJECT,
+         "encounter": {"reference": "Encounter/enc-ev"}, "description": "CT pelvis"},
+        {"resourceType": "ImagingStudy", "id": "img-void", "status": "entered-in-error", "subject": SUBJECT,
+         "encounter": {"reference": "Encounter/enc-ev"}},
+        {"resourceType": "ImagingStudy", "id": "img-other", "status": "available", "subject": SUBJECT,
+         "encounter": {"reference": "Encounter/enc-other"}},
+        doc("doc-r4", {"encounter": [{"reference": "Encounter/enc-ev"}]}),
+        doc("doc-r5", [{"reference": "Encounter/enc-ev"}], doc_status=None),
+        doc("doc-superseded", {"encounter": [{"reference": "Encounter/enc-ev"}]}, status="superseded"),
+        doc("doc-other", {"encounter": [{"reference": "Encounter/enc-other"}]}),
+        {"resourceType": "Consent", "id": "consent-r4", "status": "active", "patient": SUBJECT,
+         "scope": {"coding": [{"code": "treatment"}]}, "category": [{"text": "Treatment consent"}]},
+        {"resourceType": "Consent", "id": "consent-r5", "status": "active", "subject": SUBJECT},
+        {"resourceType": "Consent", "id": "consent-draft", "status": "draft", "subject": SUBJECT},
+        {"resourceType": "Consent", "id": "consent-other", "status": "active", "subject": {"reference": "Patient/x"}},
+        {"resourceType": "Coverage", "id": "cov-ev", "status": "active", "order": 2, "beneficiary": SUBJECT,
+         "payor": [{"display": "Cigna"}]},
+        {"resourceType": "ChargeItem", "id": "ci-ev", "status": "billable", "subject": SUBJECT,
+         "code": {"coding": [{"system": CPT, "code": "77317"}]}, "context": {"reference": "Encounter/enc-ev"},
+         "quantity": {"value": 2}},
+    ]
+    return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in resources]}
+
+
+def test_documentation_and_teaching_evidence_of_the_encounter(rules):
+    facts = encounter_facts(pool_of(evidence_bundle()), "enc-ev", "pat-ev", rules, checked=["Consent", "Consent"])
+
+    assert facts.checked == ("Consent",)
+    assert facts.procedures[0].performers == (
+        PerformerFact("Practitioner/res", function_codes=((ROLE_CS, "resident"),)),
+        PerformerFact("PractitionerRole/role-res", role_codes=((NUCC, "390200000X"),)),
+        PerformerFact("PractitionerRole/role-elsewhere"),
+    )
+    assert [(p.ref, p.codes) for p in facts.related_procedures] == [("Procedure/ct-ev", ((SCT, "77477000"),))]
+    assert facts.imaging_studies == (ImagingStudyFact("ImagingStudy/img-ev", "CT pelvis", "available"),)
+    assert facts.documents == (
+        DocumentFact("DocumentReference/doc-r4", "Plan approval", ((DOC_TYPE, "plan-approval"),), "final"),
+        DocumentFact("DocumentReference/doc-r5", "Plan approval", ((DOC_TYPE, "plan-approval"),), None),
+    )
+    assert facts.consents == (
+        ConsentFact("Consent/consent-r4", "Treatment consent"),
+        ConsentFact("Consent/consent-r5", "Consent/consent-r5"),
+    )
+    assert [(c.ref, c.order) for c in facts.coverages] == [("Coverage/cov-ev", 2)]
+    assert [(c.ref, c.quantity) for c in facts.charges] == [("ChargeItem/ci-ev", 2)]
+
+
+def test_performer_practitioner_roles_are_fetched_only_when_asked(rules):
+    pool = pool_of(evidence_bundle())
+    assert "PractitionerRole" not in missing_references(pool, "enc-ev", rules, patient_ref="pat-ev")
+    assert missing_references(pool, "enc-ev", rules, patient_ref="pat-ev", performer_roles=True)[
+        "PractitionerRole"
+    ] == {"role-elsewhere"}

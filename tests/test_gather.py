@@ -109,7 +109,14 @@ def full_prefetch(case: dict[str, Any]) -> dict[str, Any]:
         "procedures": searchset(resources(case, "Procedure")),
         "charges": searchset(resources(case, "ChargeItem")),
         "coverage": searchset(resources(case, "Coverage")),
+        "imaging": searchset(resources(case, "ImagingStudy")),
+        "documents": searchset(resources(case, "DocumentReference")),
+        "consent": searchset(resources(case, "Consent")),
     }
+
+
+EVIDENCE_TYPES = {"ImagingStudy", "DocumentReference", "Consent"}
+"""The optional documentation-evidence types of both services' prefetch templates."""
 
 
 def hook_request(
@@ -161,6 +168,9 @@ def test_without_prefetch_everything_is_fetched_in_two_waves(
             f"Procedure?encounter={ENCOUNTER}",
             f"ChargeItem?patient={PATIENT}",
             f"Coverage?patient={PATIENT}&status=active",
+            f"ImagingStudy?encounter={ENCOUNTER}",
+            f"DocumentReference?encounter={ENCOUNTER}&status=current",
+            f"Consent?patient={PATIENT}&status=active",
             DEVICE_SEARCH,
             f"Location?_id=loc-int-hdr{SUFFIX}&_count=1",
             f"Organization?_id=org-int-hosp{SUFFIX},org-int-medicare{SUFFIX}&_count=2",
@@ -175,7 +185,8 @@ def test_without_prefetch_everything_is_fetched_in_two_waves(
     ]
     assert keys(gathered, "Location") == [f"Location/loc-int-hdr{SUFFIX}"]
     assert keys(gathered, "ChargeItem") == [f"ChargeItem/ci-int-77300{SUFFIX}"]
-    assert (gathered.fetch_count, gathered.rounds, gathered.notes) == (7, 1, [])
+    assert (gathered.fetch_count, gathered.rounds, gathered.notes) == (10, 1, [])
+    assert gathered.checked >= {"Encounter", "Procedure", "ChargeItem", "Coverage", *EVIDENCE_TYPES}
     facts = extract.encounter_facts(gathered.pool, gathered.encounter_refs[0], f"Patient/{PATIENT}", rules)
     assert [(d.ref, d.kind) for d in facts.devices] == [
         (f"Device/dev-int-tandem{SUFFIX}", "applicator"),
@@ -284,6 +295,9 @@ def test_patient_view_without_encounter_finds_encounters_in_the_look_back(
             f"Procedure?patient={PATIENT}",
             f"ChargeItem?patient={PATIENT}",
             f"Coverage?patient={PATIENT}&status=active",
+            f"ImagingStudy?patient={PATIENT}",
+            f"DocumentReference?patient={PATIENT}&status=current",
+            f"Consent?patient={PATIENT}&status=active",
             f"Encounter?_id={ENCOUNTER}&_count=1",
             DEVICE_SEARCH,
             f"Location?_id=loc-int-hdr{SUFFIX}&_count=1",
@@ -303,7 +317,7 @@ def test_patient_view_outside_the_look_back_judges_nothing_and_resolves_nothing(
     gathered = gatherer.gather(REVIEW, request)
 
     assert gathered.encounter_refs == []
-    assert len(delay_proxy.requests) == 3  # the three prefetch queries, no reference resolution
+    assert len(delay_proxy.requests) == 6  # the six prefetch queries, no reference resolution
     assert gathered.rounds == 0
 
 
@@ -446,14 +460,54 @@ def test_a_refused_token_is_a_412_naming_the_resource_type(
 ):
     prefetch = full_prefetch(stored)
     prefetch["procedures"] = searchset(resources(stored, "Procedure", "Device", "Location", "Organization"))
-    del prefetch["coverage"]
+    del prefetch["charges"]
     gatherer = make_gatherer(delay_proxy.base_url)
     request = hook_request(DISCHARGE, prefetch=prefetch, fhir_server=delay_proxy.base_url, token="expired-token")
     with pytest.raises(DataUnavailable) as caught:
         gatherer.gather(DISCHARGE, request)
-    assert caught.value.message == "the FHIR server refused the access token (HTTP 401) while searching Coverage"
+    assert caught.value.message == "the FHIR server refused the access token (HTTP 401) while searching ChargeItem"
     assert caught.value.code == "fhir-unauthorized"
     assert "expired-token" not in str(caught.value.operation_outcome())
+
+
+def test_optional_evidence_that_cannot_be_fetched_is_a_note_never_a_412(
+    stored: dict, delay_proxy: DelayProxy, make_gatherer: GathererFactory
+):
+    # Payer and documentation evidence is optional: a refused fetch leaves it unchecked, the call goes on.
+    prefetch = full_prefetch(stored)
+    prefetch["procedures"] = searchset(resources(stored, "Procedure", "Device", "Location", "Organization"))
+    for key in ("coverage", "imaging", "documents", "consent"):
+        del prefetch[key]
+    gatherer = make_gatherer(delay_proxy.base_url)
+    request = hook_request(DISCHARGE, prefetch=prefetch, fhir_server=delay_proxy.base_url, token="expired-token")
+    gathered = gatherer.gather(DISCHARGE, request)
+
+    refused = "the FHIR server refused the access token (HTTP 401) while searching"
+    assert sorted(gathered.notes) == sorted(
+        [
+            f"Coverage data was not available: fetching coverage failed ({refused} Coverage)",
+            f"ImagingStudy data was not available: fetching imaging failed ({refused} ImagingStudy)",
+            f"DocumentReference data was not available: fetching documents failed ({refused} DocumentReference)",
+            f"Consent data was not available: fetching consent failed ({refused} Consent)",
+        ]
+    )
+    assert gathered.checked.isdisjoint({"Coverage", *EVIDENCE_TYPES})
+    assert {"Encounter", "Procedure", "ChargeItem"} <= gathered.checked
+    assert "expired-token" not in " ".join(gathered.notes)
+
+
+def test_invalid_optional_evidence_in_prefetch_is_a_note_not_a_400(case: dict, make_gatherer: GathererFactory):
+    prefetch = full_prefetch(case)
+    prefetch["procedures"] = searchset(resources(case, "Procedure", "Device", "Location", "Organization"))
+    broken_consent = {"resourceType": "Consent", "status": "active", "patient": {"reference": f"Patient/{PATIENT}"}}
+    prefetch["consent"] = searchset([broken_consent])  # R4 needs scope and category: invalid
+    gathered = make_gatherer().gather(DISCHARGE, hook_request(DISCHARGE, prefetch=prefetch))
+
+    assert [note.split(" (")[0] for note in gathered.notes] == [
+        "Consent data was not available: prefetch 'consent' is not valid FHIR"
+    ]
+    assert "Consent" not in gathered.checked
+    assert {"ImagingStudy", "DocumentReference"} <= gathered.checked
 
 
 def test_a_slow_server_is_abandoned_with_a_412(stored: dict, delay_proxy: DelayProxy, make_gatherer: GathererFactory):

@@ -73,7 +73,7 @@ def test_no_prefetch_everything_is_fetched_with_the_token(stored, fhir_server, d
     assert body["cards"][0]["summary"].startswith("Bill 77317-26:")
     # Every request carried the bearer token, and the referenced Devices came in one search.
     assert all(r.headers.get("authorization") == f"Bearer {fhir_server.token}" for r in delay_proxy.requests)
-    assert len(delay_proxy.requests) == 7
+    assert len(delay_proxy.requests) == 10  # 4 prefetch reads/searches, 3 evidence searches, 3 reference searches
     device_searches = [p for p in delay_proxy.paths() if p.startswith("Device")]
     assert len(device_searches) == 1 and device_searches[0].startswith("Device?_id=")
 

@@ -1,7 +1,9 @@
 """Whole-response scenarios: each folder's request.json is answered and compared to expected.json.
 
-Every folder also has a hand-written ``scenario.json`` (topics, charge lines, deletes) checked
-independently of the stored response, and each response passes the CDS Hooks conformance checks.
+Every folder also has a hand-written ``scenario.json`` (topics, charge lines, deletes, the payer a
+payer-note names, the rule ids the cards must cite) checked independently of the stored response,
+and each response passes the CDS Hooks conformance checks. A folder's ``sites.yaml`` and
+``payers.yaml`` become ``BRACHY_CDS_SITES`` and ``BRACHY_CDS_PAYERS``.
 ``BRACHY_CDS_WRITE_EXPECTED=1`` writes a missing expected.json for a person to review.
 """
 
@@ -67,6 +69,8 @@ def test_scenario(folder: Path, tmp_path: Path, make_app):
     config = {"BRACHY_CDS_AUTH": "off", "BRACHY_CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
     if (folder / "sites.yaml").exists():
         config["BRACHY_CDS_SITES"] = str(folder / "sites.yaml")
+    if (folder / "payers.yaml").exists():
+        config["BRACHY_CDS_PAYERS"] = str(folder / "payers.yaml")
     now = dt.datetime.fromisoformat(meta.get("now", "2026-10-20T12:00:00+00:00").replace("Z", "+00:00"))
     app = make_app(config, new_uuid=uuid_counter(), clock=now.timestamp)
     response = app.test_client().post(f"/cds-services/{meta['service']}", json=request)
@@ -87,6 +91,16 @@ def test_scenario(folder: Path, tmp_path: Path, make_app):
                    if any(a["type"] == "create" for a in s["actions"])]
     if expect["charges"]:
         assert all(flag == expect["recommended"] for flag in recommended)
+    payer_cards = [card for card in body["cards"] if card["source"]["topic"]["code"] == "payer-note"]
+    if "payer" in expect:
+        assert payer_cards and all(expect["payer"] in card["summary"] for card in payer_cards)
+        assert all(card["indicator"] == "info" and "suggestions" not in card for card in payer_cards)
+    cited = {rule for card in body["cards"] for rule in card["extension"]["org.brachy-cds"]["rules"]}
+    assert set(expect.get("cites", [])) <= cited, sorted(set(expect["cites"]) - cited)
+    for card in body["cards"]:
+        # Each card's detail names the rules it applied, each linked to a source.
+        for rule in card["extension"]["org.brachy-cds"]["rules"]:
+            assert f"[{rule} " in card["detail"], (rule, card["source"]["topic"]["code"])
 
     expected_file = folder / "expected.json"
     if not expected_file.exists() and os.environ.get("BRACHY_CDS_WRITE_EXPECTED") == "1":
