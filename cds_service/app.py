@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -27,7 +28,7 @@ from cds_service.auth import JwtVerifier
 from cds_service.cards import CardRenderer
 from cds_service.config import Settings, load_settings
 from cds_service.errors import BadRequest, CdsError, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
-from cds_service.fhir_client import FhirClient
+from cds_service.fhir_client import Deadline, FhirClient
 from cds_service.gather import Gatherer
 from cds_service.handler import HookHandler
 from cds_service.routes import bp, elapsed_ms, json_response
@@ -71,11 +72,21 @@ def build_app(
     """Create the Flask app from ``BRACHY_CDS_*`` settings (os.environ when ``config`` is None)."""
     settings = config if isinstance(config, Settings) else load_settings(os.environ if config is None else config)
     logs.configure(settings.log_level)
-    rules = load_rules(settings.canonical_base)
+    rules = load_rules(
+        settings.canonical_base,
+        settings.rules_dir,
+        payer_table=settings.payer_table,
+        resident_codes=settings.resident_codes,
+    )
     resources.warm_up()
     if settings.auth == "required" and not settings.trusted_issuers:
         logging.getLogger("brachy_cds.config").warning(
             "BRACHY_CDS_AUTH=required but BRACHY_CDS_TRUSTED_ISSUERS is not set: every call gets 401"
+        )
+    if settings.auth == "required" and not settings.public_url:
+        logging.getLogger("brachy_cds.config").warning(
+            "BRACHY_CDS_PUBLIC_URL is not set: a JWT's aud is checked against the Host header of each request;"
+            " set it in production so a token issued for another service cannot be replayed here"
         )
 
     app = Flask(__name__)
@@ -102,9 +113,14 @@ def build_app(
     )
     app.extensions["brachy_cds"] = services
     app.register_blueprint(bp)
+    # CDS Hooks C1 (reference/cds-hooks.md 1.11): preflight answered, Authorization and Content-Type
+    # allowed, on every response including errors (flask-cors also decorates error handlers' answers).
+    # The default "*" is sent as "*" (no credentials: the JWT travels in a header, never a cookie).
+    # Configured origins are exact: given as patterns, so flask-cors never reads one as a regex.
     CORS(
         app,
-        origins=list(settings.cors_origins),
+        origins=["*"] if "*" in settings.cors_origins else [_exact(origin) for origin in settings.cors_origins],
+        send_wildcard="*" in settings.cors_origins,
         allow_headers=["Authorization", "Content-Type"],
         methods=["GET", "POST", "OPTIONS"],
         max_age=600,
@@ -115,10 +131,16 @@ def build_app(
     return app
 
 
+def _exact(origin: str) -> re.Pattern[str]:
+    return re.compile(re.escape(origin) + r"\Z", re.IGNORECASE)
+
+
 def _register_hooks(app: Flask, services: Services) -> None:
     @app.before_request
     def authenticate() -> None:
         g.started = time.perf_counter()
+        # The time budget of a hook call counts from here: a slow JWK Set fetch leaves less for FHIR.
+        g.deadline = Deadline(services.settings.fhir_budget_seconds)
         g.log_fields = {"method": request.method, "route": request.url_rule.rule if request.url_rule else "(none)"}
         if request.method == "OPTIONS" or request.path in UNAUTHENTICATED_PATHS:
             return  # CORS preflight is answered without a JWT (contract 5.5).

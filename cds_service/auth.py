@@ -214,6 +214,7 @@ class JwtVerifier:
         """GET a JWK Set with a short timeout, no redirects and a size cap."""
         if self._session is None:
             self._session = requests.Session()
+            self._session.trust_env = False  # no environment proxies, no .netrc credentials sent along
         try:
             with self._session.get(
                 url,

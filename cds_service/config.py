@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import yaml
 
@@ -64,10 +64,16 @@ class Settings:
     max_body_bytes: int = 5 * 1024 * 1024
     lookback_days: int = 30
     sites: tuple[SiteEntry, ...] = ()
+    payer_table: str | None = None
+    """``BRACHY_CDS_PAYERS``: a YAML/JSON payer table merged before the shipped one (validated by the rule loader)."""
+    resident_codes: str | None = None
+    """``BRACHY_CDS_RESIDENT_CODES``: a YAML/JSON list of codes that mark a resident among Procedure performers."""
+    rules_dir: str | None = None
+    """``BRACHY_CDS_RULES_DIR``: a directory of rule files used instead of the shipped ones (to try a rule change)."""
     database_url: str = "sqlite:///var/brachy-cds.sqlite3"
     canonical_base: str = "https://brachy-cds.org/fhir"
     fhir_budget_seconds: float = 3.0
-    """Time budget for gathering FHIR data in one hook call (prefetch check + all fetches)."""
+    """Time budget of one hook call, counted from the request's arrival: every FHIR fetch must end within it."""
     fhir_max_response_bytes: int = 20 * 1024 * 1024
     clock_skew_seconds: int = 60
     cors_origins: tuple[str, ...] = ("*",)
@@ -88,12 +94,15 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         max_body_bytes=_int(env, "MAX_BODY_BYTES", 5 * 1024 * 1024, minimum=1024),
         lookback_days=_int(env, "LOOKBACK_DAYS", 30, minimum=1),
         sites=_sites(env),
-        database_url=env.get(PREFIX + "DATABASE_URL", "").strip() or "sqlite:///var/brachy-cds.sqlite3",
+        payer_table=_file(env, "PAYERS"),
+        resident_codes=_file(env, "RESIDENT_CODES"),
+        rules_dir=_directory(env, "RULES_DIR"),
+        database_url=_database_url(env),
         canonical_base=(_url(env, "CANONICAL_BASE") or "https://brachy-cds.org/fhir").rstrip("/"),
         fhir_budget_seconds=_float(env, "FHIR_BUDGET_SECONDS", 3.0, minimum=0.1),
         fhir_max_response_bytes=_int(env, "FHIR_MAX_RESPONSE_BYTES", 20 * 1024 * 1024, minimum=1024),
         clock_skew_seconds=_int(env, "CLOCK_SKEW_SECONDS", 60, minimum=0),
-        cors_origins=_list(env, "CORS_ORIGINS") or ("*",),
+        cors_origins=_origins(env),
         max_json_depth=_int(env, "MAX_JSON_DEPTH", 64, minimum=8),
         log_level=_choice(env, "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
     )
@@ -164,21 +173,65 @@ def _list(env: Mapping[str, str], key: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+def _split_http_url(raw: str) -> SplitResult | None:
+    """Split an absolute http(s) URL; None when it is not one (bad scheme, no host, malformed host or port)."""
+    try:
+        parts = urlsplit(raw)
+        _ = parts.port  # raises ValueError for a port that is not a number in 0-65535
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return parts
+
+
 def _url(env: Mapping[str, str], key: str) -> str | None:
     raw = env.get(_name(key), "").strip()
     if not raw:
         return None
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if _split_http_url(raw) is None:
         raise ConfigError(f"{_name(key)}: {raw!r} is not an absolute http(s) URL")
     return raw.rstrip("/")
+
+
+def _database_url(env: Mapping[str, str]) -> str:
+    raw = env.get(_name("DATABASE_URL"), "").strip()
+    if not raw:
+        return "sqlite:///var/brachy-cds.sqlite3"
+    from sqlalchemy.engine import make_url  # here, not at the top: the pure coding core imports this module
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(raw).get_dialect()
+    except ArgumentError:
+        # The message would echo the URL, which may hold a password: name the variable only.
+        raise ConfigError(
+            f"{_name('DATABASE_URL')}: not a database URL SQLAlchemy knows (e.g. sqlite:///var/brachy-cds.sqlite3"
+            " or postgresql+psycopg://user@host/db)"
+        ) from None
+    return raw
+
+
+def _origins(env: Mapping[str, str]) -> tuple[str, ...]:
+    """``*`` or exact browser origins (``scheme://host[:port]``, as the Origin header has them)."""
+    origins = _list(env, "CORS_ORIGINS") or ("*",)
+    for origin in origins:
+        if origin == "*":
+            continue
+        parts = _split_http_url(origin)
+        if parts is None or origin.rstrip("/") != f"{parts.scheme}://{parts.netloc}" or set("@*") & set(parts.netloc):
+            raise ConfigError(
+                f"{_name('CORS_ORIGINS')}: {origin!r} is not '*' or an origin such as https://ehr.example.org"
+                " (scheme, host and port only)"
+            )
+    return tuple(origin.rstrip("/") for origin in origins)
 
 
 def _allowed_servers(env: Mapping[str, str]) -> tuple[str, ...]:
     servers = []
     for entry in _list(env, "ALLOWED_FHIR_SERVERS"):
-        parts = urlsplit(entry)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        parts = _split_http_url(entry)
+        if parts is None:
             raise ConfigError(f"{_name('ALLOWED_FHIR_SERVERS')}: {entry!r} is not an absolute http(s) URL")
         if parts.query or parts.fragment:
             raise ConfigError(f"{_name('ALLOWED_FHIR_SERVERS')}: {entry!r} must not have a query or fragment")
@@ -190,6 +243,25 @@ def _allowed_servers(env: Mapping[str, str]) -> tuple[str, ...]:
             )
         servers.append(entry)
     return tuple(servers)
+
+
+def _file(env: Mapping[str, str], key: str) -> str | None:
+    """A path to a readable file, or None when the variable is unset; its content is checked by its reader."""
+    raw = env.get(_name(key), "").strip()
+    if not raw:
+        return None
+    if not Path(raw).is_file():
+        raise ConfigError(f"{_name(key)}: {raw} is not a readable file")
+    return raw
+
+
+def _directory(env: Mapping[str, str], key: str) -> str | None:
+    raw = env.get(_name(key), "").strip()
+    if not raw:
+        return None
+    if not Path(raw).is_dir():
+        raise ConfigError(f"{_name(key)}: {raw} is not a directory")
+    return raw
 
 
 def _read_table(env: Mapping[str, str], key: str) -> tuple[str, Any] | None:
@@ -271,7 +343,7 @@ def _trusted_issuers(env: Mapping[str, str]) -> tuple[TrustedIssuer, ...]:
         if jwks_url is None and jwks is None:
             raise ConfigError(f"{where}: give 'jwks_url', 'jwks' or both (inline keys are then used as they are)")
         if jwks_url is not None:
-            parts = urlsplit(jwks_url) if isinstance(jwks_url, str) else None
+            parts = _split_http_url(jwks_url) if isinstance(jwks_url, str) else None
             loopback_http = parts is not None and parts.scheme == "http" and is_loopback(parts.hostname or "")
             if parts is None or (parts.scheme != "https" and not loopback_http):
                 raise ConfigError(f"{where}: 'jwks_url' must be an https URL (http only for loopback)")

@@ -13,7 +13,6 @@ with its query values, a token or a response body (they may hold patient data).
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import re
 import time
@@ -27,6 +26,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from cds_service.config import Settings
+from cds_service.limits import JsonRejected, parse_json
 
 log = logging.getLogger("brachy_cds.fhir")
 
@@ -390,7 +390,7 @@ class FhirClient:
         finally:
             response.close()
         try:
-            body = _parse_json(raw, resource_type, status)
+            body = _parse_json(raw, resource_type, status, self.settings.max_json_depth)
         except FhirError as exc:
             self._log(interaction, resource_type, status, started, exc.kind)
             raise
@@ -493,12 +493,12 @@ def _check_status(status: int, resource_type: str, where: str, token: str | None
     )
 
 
-def _parse_json(raw: bytes, resource_type: str, status: int) -> dict[str, Any]:
+def _parse_json(raw: bytes, resource_type: str, status: int, max_depth: int) -> dict[str, Any]:
     try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
+        body = parse_json(raw, max_depth)
+    except JsonRejected as exc:
         raise FhirBadResponse(
-            f"the FHIR server's answer for {resource_type} is not valid JSON",
+            f"the FHIR server's answer for {resource_type} {exc}",
             resource_type=resource_type,
             status=status,
         ) from None

@@ -28,6 +28,8 @@ from cds_service.feedback import FeedbackItem
 
 PURGE_INTERVAL_SECONDS = 300.0
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+CREATE_ATTEMPTS = 5
+"""Attempts at creating the tables (workers starting together race for a fresh database)."""
 
 log = logging.getLogger("brachy_cds.store")
 
@@ -77,13 +79,28 @@ class Store:
         )
         self._purge_lock = threading.Lock()
         self._next_purge = 0.0
-        try:
-            metadata.create_all(self._engine)
-        except sa.exc.SQLAlchemyError as exc:
+        self._create_tables()
+
+    def _create_tables(self) -> None:
+        """Create the tables that are missing; raise StoreUnavailable when the database cannot be used.
+
+        Gunicorn workers start together: two of them can both find a fresh database empty and both
+        create a table, and the loser's CREATE TABLE fails ("already exists"). Checking again a moment
+        later settles it, so an OperationalError is retried a few times before it counts.
+        """
+        for attempt in range(1, CREATE_ATTEMPTS + 1):
+            try:
+                metadata.create_all(self._engine)
+                return
+            except sa.exc.OperationalError:
+                if attempt < CREATE_ATTEMPTS:
+                    time.sleep(0.1 * attempt)
+                    continue
+                exc_name = "OperationalError"
+            except sa.exc.SQLAlchemyError as exc:
+                exc_name = type(exc.orig or exc).__name__ if isinstance(exc, sa.exc.DBAPIError) else type(exc).__name__
             self._engine.dispose()
-            raise StoreUnavailable(
-                f"BRACHY_CDS_DATABASE_URL: the database cannot be opened ({type(exc.orig or exc).__name__})"
-            ) from None
+            raise StoreUnavailable(f"BRACHY_CDS_DATABASE_URL: the database cannot be opened ({exc_name})") from None
 
     @property
     def engine(self) -> Engine:

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from cds_service.config import TrustedIssuer
+from tests.leakcheck import REGISTRY
 
 DROP: Any = object()
 """Pass as a claim or header value to leave that member out of the token."""
@@ -107,12 +108,14 @@ class TestIssuer:
         if header.get("typ") is DROP:
             header["typ"] = None  # PyJWT leaves out a falsy typ
         header = {name: value for name, value in header.items() if value is not DROP}
-        return jwt.encode(
+        token = jwt.encode(
             self.claims(aud, now=now, **claims),
             self.private_key if key is None else key,
             algorithm=self.alg,
             headers=header,
         )
+        REGISTRY.add(token, f"JWT signed by {self.iss}")  # tests.leakcheck: no log may carry it
+        return token
 
 
 def b64url(data: bytes) -> str:
@@ -128,7 +131,9 @@ def compact(header: dict[str, Any], payload: dict[str, Any], sign: Callable[[byt
         + b64url(json.dumps(payload, separators=(",", ":")).encode())
     )
     signature = sign(signing_input.encode("ascii")) if sign else b""
-    return signing_input + "." + b64url(signature)
+    token = signing_input + "." + b64url(signature)
+    REGISTRY.add(token, "hand-built JWT")
+    return token
 
 
 class JwksServer:

@@ -345,9 +345,17 @@ def test_a_server_outside_the_allowed_list_is_never_contacted(
             b'{"resourceType": "OperationOutcome", "issue": []}',
             "the FHIR server answered a read of Encounter with another resource type",
         ),
-        (b"[" * 100_000 + b"]" * 100_000, "the FHIR server's answer for Encounter is not valid JSON"),
+        (
+            b"[" * 100_000 + b"]" * 100_000,
+            "the FHIR server's answer for Encounter nests arrays or objects deeper than 64 levels",
+        ),
+        (b'{"resourceType": "Encounter", "length": NaN}', "the FHIR server's answer for Encounter is not valid JSON"),
+        (
+            b'{"resourceType": "Encounter", "id": "\xff"}',
+            "the FHIR server's answer for Encounter is not valid JSON (not UTF-8 text)",
+        ),
     ],
-    ids=["malformed", "array", "no-resource-type", "wrong-type", "deeply-nested"],
+    ids=["malformed", "array", "no-resource-type", "wrong-type", "deeply-nested", "nan", "not-utf-8"],
 )
 def test_unusable_answers_are_bad_responses(
     loopback_server: ServerFactory, make_client: ClientFactory, body: bytes, message: str

@@ -327,3 +327,22 @@ def test_an_unusable_database_stops_start_up_with_one_line_naming_the_variable(u
     message = str(caught.value)
     assert message.startswith("BRACHY_CDS_DATABASE_URL:") and expected in message
     assert "\n" not in message and "secret" not in message
+
+
+def _open_store(url: str) -> str:
+    try:
+        Store(url).close()
+    except ConfigError as exc:
+        return str(exc)
+    return "ok"
+
+
+def test_workers_that_start_together_on_a_fresh_sqlite_file_all_open_it(tmp_path):
+    # gunicorn --workers N: each worker creates the tables at the same moment (Dockerfile CMD).
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for attempt in range(8):
+        url = f"sqlite:///{tmp_path / f'race-{attempt}' / 'var' / 'brachy.sqlite3'}"
+        with context.Pool(3) as pool:
+            assert pool.map(_open_store, [url] * 3) == ["ok"] * 3
