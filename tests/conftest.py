@@ -6,6 +6,7 @@ Integration fixtures talk to real servers on 127.0.0.1 (``tests/fhir_server.py``
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,15 @@ from cds_service import create_app
 from tests.cds_conformance import check_response
 from tests.fhir_server import DelayProxy, FhirTestServer, LoopbackServer, ScriptedHandler, sekmet_binary
 
+pytest_plugins = ("pytester", "tests.leakcheck")
+"""``tests.leakcheck`` fails any test whose logs carry a token, a JWT or patient data; pytester proves it does.
+(Imported by pytest as a plugin, so this module reaches it through ``leakcheck.REGISTRY`` lazily.)"""
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that needs the real FHIR server (directly or through another fixture) ``integration``."""
     for item in items:
-        if "fhir_server" in getattr(item, "fixturenames", ()):
+        if {"fhir_server", "open_fhir_server"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
 
 
@@ -36,6 +41,22 @@ def fhir_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FhirTestSe
     tests apart). Fails, never skips, when sekmet is missing: run ``scripts/install-test-fhir-server``.
     """
     server = FhirTestServer(sekmet_binary(), tmp_path_factory.mktemp("sekmet"))
+    registry().add(server.token, "test FHIR server bearer token")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def open_fhir_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FhirTestServer]:
+    """A second real FHIR R4 server (sekmet) on 127.0.0.1 with no authentication, shared by the session.
+
+    Stands in for HAPI FHIR's default and for the open servers the CDS Hooks sandbox reads
+    (reference/cds-hooks.md section 7): ``open_fhir_server.token`` is None.
+    """
+    server = FhirTestServer(sekmet_binary(), tmp_path_factory.mktemp("sekmet-open"), token=None)
     server.start()
     try:
         yield server
@@ -86,6 +107,7 @@ class CheckedClient(FlaskClient):
 
     def open(self, *args: Any, **kwargs: Any) -> TestResponse:
         response = super().open(*args, **kwargs)
+        registry().learn_request(_json_of(kwargs), response.request.headers.get("Authorization"))
         request_path = response.request.path
         if response.request.method == "POST" and request_path.startswith("/cds-services/"):
             if response.status_code == 200 and not request_path.rstrip("/").endswith("/feedback"):
@@ -95,6 +117,26 @@ class CheckedClient(FlaskClient):
                 assert isinstance(body, dict) and body.get("resourceType") == "OperationOutcome", body
         assert response.status_code < 500, response.get_data(as_text=True)
         return response
+
+
+def registry() -> Any:
+    """The leak registry of ``tests.leakcheck`` (imported here only after pytest has loaded the plugin)."""
+    from tests.leakcheck import REGISTRY
+
+    return REGISTRY
+
+
+def _json_of(kwargs: Mapping[str, Any]) -> Any:
+    """The JSON body a test passed to the client (``json=`` or JSON ``data=``), for the leak registry."""
+    if "json" in kwargs:
+        return kwargs["json"]
+    data = kwargs.get("data")
+    if isinstance(data, str | bytes) and registry().learn_from_requests:
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError):
+            return None
+    return None
 
 
 @pytest.fixture

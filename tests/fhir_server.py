@@ -70,9 +70,13 @@ def load_fixture(name: str) -> dict[str, Any]:
 
 
 class FhirTestServer:
-    """A sekmet FHIR R4 server in a subprocess on 127.0.0.1, with a bearer token and its own data directory."""
+    """A sekmet FHIR R4 server in a subprocess on 127.0.0.1, with a bearer token and its own data directory.
 
-    def __init__(self, binary: Path, workdir: Path, token: str = TEST_TOKEN) -> None:
+    ``token=None`` makes an open server (no authentication), like HAPI FHIR's default and the servers
+    the CDS Hooks sandbox talks to.
+    """
+
+    def __init__(self, binary: Path, workdir: Path, token: str | None = TEST_TOKEN) -> None:
         self.binary = binary
         self.workdir = workdir
         self.token = token
@@ -99,7 +103,9 @@ class FhirTestServer:
                         "port": self.port,
                         "base_url": self.base_url,
                         "data_dir": str(data_dir),
-                        "server_auth": {"types": ["bearer"], "tokens": [self.token]},
+                        "server_auth": (
+                            {"types": ["bearer"], "tokens": [self.token]} if self.token else {"types": ["none"]}
+                        ),
                         "simulator": {"enabled": False},
                         "log_inbound": False,
                     }
@@ -167,6 +173,8 @@ class FhirTestServer:
     @property
     def auth_headers(self) -> dict[str, str]:
         """Headers that let a test talk to the server directly."""
+        if self.token is None:
+            return {"Accept": FHIR_JSON}
         return {"Authorization": f"Bearer {self.token}", "Accept": FHIR_JSON}
 
     def load(self, data: Mapping[str, Any] | Iterable[Mapping[str, Any]]) -> dict[str, Any]:
