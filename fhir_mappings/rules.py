@@ -29,6 +29,8 @@ from typing import Any
 import yaml
 
 GRADES = ("H", "M", "L", "U")
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's safe loader when PyYAML was built with it: rule files load about ten times faster."""
 LOW_GRADES = frozenset({"L", "U"})
 """Grades that never produce a warning on their own: such rules appear as "verify" notes only."""
 RULE_FILES = ("codes.yaml", "billing.yaml", "payers.yaml", "documentation.yaml")
@@ -263,7 +265,7 @@ def _read(name: str, directory: str | Path | None) -> str:
 
 def _parse_file(name: str, text: str, canonical_base: str) -> list[Rule]:
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=SAFE_LOADER)  # noqa: S506 - a safe loader, the C one when built
     except yaml.YAMLError as exc:
         raise RuleFileError(f"{name}: not valid YAML ({_yaml_problem(exc)})") from None
     if not isinstance(document, dict) or not isinstance(document.get("rules"), list):
@@ -557,7 +559,7 @@ def _local_table(variable: str, path: str | Path | None) -> tuple[str, Any] | No
     except (OSError, UnicodeDecodeError) as exc:
         raise RuleFileError(f"{where}: cannot be read ({exc.__class__.__name__})") from None
     try:
-        data = json.loads(text) if str(path).lower().endswith(".json") else yaml.safe_load(text)
+        data = json.loads(text) if str(path).lower().endswith(".json") else yaml.load(text, Loader=SAFE_LOADER)  # noqa: S506
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         raise RuleFileError(f"{where}: not valid JSON/YAML ({first_line})") from None
