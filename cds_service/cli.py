@@ -177,6 +177,41 @@ def invoke(
         click.echo(answer.text)
 
 
+@main.command()
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="Only feedback given on or after this day (UTC), YYYY-MM-DD.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def feedback(since: Any, as_json: bool) -> None:
+    """Report how often suggestions were accepted and why they were overridden (billing managers)."""
+    import datetime as dt
+    import json
+
+    from cds_service.store import Store
+
+    try:
+        settings = load_settings(os.environ)
+        with Store(settings.database_url) as store:
+            summary = store.feedback_summary(since.replace(tzinfo=dt.UTC) if since else None)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+        return
+    services = summary.get("services", {})
+    if not services:
+        click.echo("no feedback stored" + (f" since {since:%Y-%m-%d}" if since else ""))
+        return
+    for service_id, row in sorted(services.items()):
+        click.echo(
+            f"{service_id}: {row['count']} cards, {row['accepted']} accepted, {row['overridden']} overridden "
+            f"(acceptance {row['acceptance_rate']:.0%})"
+        )
+        for reason in row["override_reasons"]:
+            click.echo(f"    {reason['count']:>5}  {reason['code']}  {reason.get('display') or ''}")
+        if row["overridden_without_reason"]:
+            click.echo(f"    {row['overridden_without_reason']:>5}  (no reason given)")
+
+
 def _gunicorn(settings: Any, host: str, port: int, workers: int) -> None:
     """Run gunicorn in-process: app built once per worker (post-fork), graceful shutdown on SIGTERM.
 

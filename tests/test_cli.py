@@ -179,3 +179,32 @@ def test_rules_stops_on_a_bad_variable(environ, tmp_path):
     result = run(["rules", "--check"], environ, tmp_path)
     assert result.returncode != 0
     assert "BRACHY_CDS_CANONICAL_BASE:" in one_line(result.stderr)
+
+
+def test_feedback_report_counts_acceptance_and_override_reasons(tmp_path, environ):
+    """Billing managers: `brachy-cds feedback` reads the store the service writes."""
+    from datetime import UTC, datetime
+
+    from cds_service.feedback import Coding, FeedbackItem
+    from cds_service.store import Store
+
+    url = f"sqlite:///{tmp_path / 'feedback.sqlite3'}"
+    when = datetime(2026, 10, 14, 12, 0, tzinfo=UTC)
+    reason = Coding("billed-elsewhere", "https://brachy-cds.org/fhir/CodeSystem/override-reason",
+                    "Planning billed by another entity")
+    with Store(url) as store:
+        store.record_feedback("brachytherapy-planning-charge", [
+            FeedbackItem("card-1", "accepted", when, ("s-1",), None, None),
+            FeedbackItem("card-2", "overridden", when, (), reason, None),
+            FeedbackItem("card-3", "overridden", when, (), reason, None),
+            FeedbackItem("card-4", "accepted", when, ("s-4",), None, None),
+        ])
+    env = {**environ, "BRACHY_CDS_DATABASE_URL": url}
+    result = run(["feedback"], env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "brachytherapy-planning-charge: 4 cards, 2 accepted, 2 overridden (acceptance 50%)",
+        "        2  billed-elsewhere  Planning billed by another entity",
+    ]
+    later = run(["feedback", "--since", "2026-11-01"], env, tmp_path)
+    assert later.stdout.strip() == "no feedback stored since 2026-11-01"
