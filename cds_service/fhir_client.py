@@ -12,7 +12,6 @@ with its query values, a token or a response body (they may hold patient data).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 import time
@@ -25,7 +24,7 @@ import requests
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
-from cds_service.config import Settings
+from cds_service.config import Settings, is_loopback
 from cds_service.limits import JsonRejected, parse_json
 
 log = logging.getLogger("brachy_cds.fhir")
@@ -162,16 +161,6 @@ def _normalise(url: str, *, allow_query: bool = False) -> _Base | None:
     return _Base(scheme, parts.hostname.lower(), port or DEFAULT_PORTS[scheme], parts.path.rstrip("/"))
 
 
-def is_loopback_host(host: str) -> bool:
-    """True for ``localhost``, 127.0.0.0/8 and ::1 (contract 5.2: plain http is fine there)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def under_base(url: str, base: str) -> bool:
     """True when ``url`` (a request or page link, query allowed) lies under the FHIR base URL ``base``."""
     normal_base = _normalise(base)
@@ -225,7 +214,7 @@ class FhirClient:
         for entry in self._allowed:
             if not entry.contains(target):
                 continue
-            if target.scheme == "https" or is_loopback_host(target.host) or entry.scheme == "http":
+            if target.scheme == "https" or is_loopback(target.host) or entry.scheme == "http":
                 return True
         return False
 
