@@ -6,8 +6,15 @@ OperationOutcome (the EHR could not run the query: fetch it ourselves) or a reso
 missing is fetched from ``fhirServer`` when contract 5.2 allows that server, with the bearer token
 when given, in parallel through the shared executor. Then references the facts need (Devices of
 the brachytherapy Procedures, Locations, Organizations, Encounters for patient-view) are resolved
-in at most three rounds, one ``Type?_id=a,b,c`` search per type (contract 2: R4 has no Procedure
-search parameter for devices).
+by ``Type?_id=a,b,c`` searches, one per type and depth, at most three deep (contract 2: R4 has no
+Procedure search parameter for devices).
+
+Fetches are pipelined: a type is searched as soon as none of the data its references come from
+(``extract.REFERENCE_SOURCES``) is still on its way, not when every fetch of a round has ended.
+With no prefetch, the Device search leaves when the Procedures arrive, while the evidence searches
+are still running; with full prefetch, the reference searches leave once the Encounter, Procedures
+and Coverage are read, and the other prefetch values are validated while they run. Each answer is
+validated as it arrives, while the others are still on their way (docs/performance.md, W1 and W3).
 
 412 (``DataUnavailable``) when data the decision needs can be had neither way, or a fetch of it
 failed; its message names the prefetch key or resource type and why, never an id or a value.
@@ -23,7 +30,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_EXCEPTION, Executor, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +46,8 @@ from fhir_mappings.rules import RuleSet
 log = logging.getLogger("brachy_cds.gather")
 
 MAX_ROUNDS = 3
-"""Reference-resolution rounds: Procedures -> Devices/Locations -> Organizations, with one spare."""
+"""Depth of reference searches: data of depth n (0: prefetch) asks for depth n+1 (patient-view: Encounters, then
+their Locations and Organizations), with one spare."""
 MAX_IDS_PER_SEARCH = 50
 """Ids in one ``Type?_id=`` search, so the URL stays well under the 8 KB servers accept."""
 CRITICAL_TYPES = frozenset({"Device"})
@@ -64,7 +72,7 @@ class Gathered:
     fetch_count: int = 0
     """HTTP requests sent to fhirServer (every page counts; retries do not)."""
     rounds: int = 0
-    """Reference-resolution rounds that fetched something."""
+    """Depth of the deepest reference search sent (0: none; 1: references of prefetch data; 2: of those)."""
     fetch_ms: float = 0.0
     """Wall time spent waiting for fhirServer."""
     elapsed_ms: float = 0.0
@@ -84,6 +92,10 @@ class _Job:
     """False for optional data: a failure or timeout is a note, not a 412."""
     checks: str | None = None
     """The resource type this job's success makes checked (prefetch templates only)."""
+    produces: str | None = None
+    """The resource type the job brings: reference searches wait for the jobs that bring their sources."""
+    depth: int = 0
+    """0 for a prefetch key, n + 1 for a reference search asked for by data of depth n."""
 
     def requests(self, results: list[dict[str, Any]]) -> int:
         """HTTP requests the job made: one for a read, one per page for a search."""
@@ -141,6 +153,17 @@ class _Gathering:
         self.fetch_count = 0
         self.fetch_seconds = 0.0
         self.rounds = 0
+        self.pending: dict[Future[list[dict[str, Any]]], _Job] = {}
+        self.prefetch_read = False
+        """True once every prefetch value is in the pool (fetches of missing keys may still be running)."""
+        self.depth_of: dict[str, int] = {}
+        """For each resource type fetched, the depth of the deepest fetch of it that has answered."""
+        self.patient_ref = f"Patient/{request.patient_id}"
+        self.encounter_refs: list[str] | None = (
+            [f"Encounter/{request.encounter_id}"] if request.encounter_id else None
+        )
+        """None until known: patient-view without encounterId finds them once every prefetch key is had."""
+        self.stopped_at_depth = False
         if request.fhir_server and not self.server:
             log.warning(
                 "fhirServer is not allowed; it will not be contacted",
@@ -148,18 +171,30 @@ class _Gathering:
             )
 
     def run(self) -> Gathered:
-        jobs = [job for template in self.service.prefetch for job in self._prefetch(template)]
-        self._fetch(jobs)
-        patient_ref = f"Patient/{self.request.patient_id}"
-        if self.request.encounter_id:
-            encounter_refs = [f"Encounter/{self.request.encounter_id}"]
-        else:
-            since = self.g.today() - dt.timedelta(days=self.g.settings.lookback_days)
-            encounter_refs = extract.patient_encounter_refs(self.pool, patient_ref, self.g.rules, since=since)
-        self._resolve(encounter_refs, patient_ref)
+        # Prefetch keys that hold references go first: once they are read (or on their way), the
+        # reference searches can leave while the other keys are still being validated or fetched.
+        sources = frozenset().union(*extract.REFERENCE_SOURCES.values())
+        first = [t for t in self.service.prefetch if t.resource_type in sources]
+        later = [t for t in self.service.prefetch if t.resource_type not in sources]
+        try:
+            for template in first:
+                self._submit(self._prefetch(template))
+            self._dispatch()
+            for template in later:
+                self._submit(self._prefetch(template))
+            self.prefetch_read = True
+            self._drive()
+        finally:
+            for future in self.pending:
+                future.cancel()
+        if self.stopped_at_depth:
+            log.info(
+                "reference resolution stopped at the deepest round",
+                extra={"fields": {"hookInstance": self.request.hook_instance, "rounds": self.rounds}},
+            )
         gathered = Gathered(
             pool=self.pool,
-            encounter_refs=encounter_refs,
+            encounter_refs=self.encounter_refs or [],
             notes=list(dict.fromkeys(self.notes)),
             checked=set(self.checked),
             fetch_count=self.fetch_count,
@@ -221,6 +256,7 @@ class _Gathering:
                         lambda: self.g.client.next_pages(server, value, token, deadline),
                         required=template.required,
                         checks=template.resource_type,
+                        produces=template.resource_type,
                     )
                 ]
             if resource_type == template.resource_type:
@@ -254,6 +290,7 @@ class _Gathering:
                     read_url=f"{server.rstrip('/')}/{query}",
                     required=template.required,
                     checks=template.resource_type,
+                    produces=template.resource_type,
                 )
             ]
         return [
@@ -262,6 +299,7 @@ class _Gathering:
                 lambda: self.g.client.search(server, query, token, deadline),
                 required=template.required,
                 checks=template.resource_type,
+                produces=template.resource_type,
             )
         ]
 
@@ -288,44 +326,78 @@ class _Gathering:
 
     # Reference resolution
 
-    def _resolve(self, encounter_refs: Iterable[str], patient_ref: str) -> None:
-        """Fetch what the facts of each encounter reference but the pool lacks, one search per type a round."""
-        encounter_refs = list(encounter_refs)
-        for _ in range(self.g.max_rounds):
-            wanted: dict[str, set[str]] = {}
-            for encounter_ref in encounter_refs:
-                missing = extract.missing_references(
-                    self.pool,
-                    encounter_ref,
-                    self.g.rules,
-                    patient_ref=patient_ref,
-                    fhir_server=self.server,
-                    performer_roles=self.g.teaching_sites,
-                )
-                for resource_type, ids in missing.items():
-                    fresh = {i for i in ids if _FHIR_ID.match(i)} - self.attempted.get(resource_type, set())
-                    if fresh:
-                        wanted.setdefault(resource_type, set()).update(fresh)
-            if not wanted:
+    def _dispatch(self) -> None:
+        """Search what the encounters' facts reference but the pool lacks, for each type whose sources are all in.
+
+        A type waits while a fetch that may bring more of its references is running (its source types,
+        ``extract.REFERENCE_SOURCES``; every fetch for a type not listed there), so each type is searched
+        once per depth with every id at once.
+        """
+        if self.server is None and not self.prefetch_read:
+            return  # nothing can be fetched: every prefetch key is judged first, as the messages then say
+        if self.encounter_refs is None:
+            if not self.prefetch_read or self.pending:
                 return
-            if self.server is None:
-                self._references_unavailable(wanted)
-                return
-            jobs = []
-            for resource_type in sorted(wanted):
-                ids = sorted(wanted[resource_type])
-                for start in range(0, len(ids), MAX_IDS_PER_SEARCH):
-                    chunk = ids[start : start + MAX_IDS_PER_SEARCH]
-                    self._attempt(resource_type, *chunk)
-                    query = f"{resource_type}?_id={','.join(chunk)}&_count={len(chunk)}"
-                    required = resource_type not in OPTIONAL_REFERENCE_TYPES
-                    jobs.append(_Job(resource_type, self._search_job(self.server, query), required=required))
-            self.rounds += 1
-            self._fetch(jobs)
-        log.info(
-            "reference resolution stopped after the last round",
-            extra={"fields": {"hookInstance": self.request.hook_instance, "rounds": self.rounds}},
-        )
+            since = self.g.today() - dt.timedelta(days=self.g.settings.lookback_days)
+            self.encounter_refs = extract.patient_encounter_refs(
+                self.pool, self.patient_ref, self.g.rules, since=since
+            )
+        wanted: dict[str, set[str]] = {}
+        for encounter_ref in self.encounter_refs:
+            missing = extract.missing_references(
+                self.pool,
+                encounter_ref,
+                self.g.rules,
+                patient_ref=self.patient_ref,
+                fhir_server=self.server,
+                performer_roles=self.g.teaching_sites,
+            )
+            for resource_type, ids in missing.items():
+                fresh = {i for i in ids if _FHIR_ID.match(i)} - self.attempted.get(resource_type, set())
+                if fresh:
+                    wanted.setdefault(resource_type, set()).update(fresh)
+        # A type also waits for a source type searched now (patient-view: the Encounters before their Organizations).
+        wanted = {
+            resource_type: ids
+            for resource_type, ids in wanted.items()
+            if not self._sources_pending(resource_type, set(wanted) - {resource_type})
+        }
+        if not wanted:
+            return
+        if self.server is None:
+            for resource_type, ids in wanted.items():
+                self._attempt(resource_type, *ids)
+            self._references_unavailable(wanted)
+            return
+        jobs = []
+        for resource_type in sorted(wanted, key=lambda t: (t not in CRITICAL_TYPES, t)):
+            depth = 1 + self._source_depth(resource_type)
+            if depth > self.g.max_rounds:
+                self.stopped_at_depth = True
+                continue
+            self.rounds = max(self.rounds, depth)
+            ids = sorted(wanted[resource_type])
+            for start in range(0, len(ids), MAX_IDS_PER_SEARCH):
+                chunk = ids[start : start + MAX_IDS_PER_SEARCH]
+                self._attempt(resource_type, *chunk)
+                query = f"{resource_type}?_id={','.join(chunk)}&_count={len(chunk)}"
+                required = resource_type not in OPTIONAL_REFERENCE_TYPES
+                search = self._search_job(self.server, query)
+                jobs.append(_Job(resource_type, search, required=required, produces=resource_type, depth=depth))
+        self._submit(jobs)
+
+    def _source_depth(self, resource_type: str) -> int:
+        """The depth of the data a type's references come from: 0 for prefetch data, n for data of a depth-n search."""
+        sources = extract.REFERENCE_SOURCES.get(resource_type, self.depth_of.keys())
+        return max((self.depth_of.get(source, 0) for source in sources), default=0)
+
+    def _sources_pending(self, resource_type: str, also_wanted: set[str]) -> bool:
+        """Tell whether data that may hold more references of this type is on its way or about to be searched."""
+        sources = extract.REFERENCE_SOURCES.get(resource_type)
+        if sources is None:
+            return bool(self.pending) or not self.prefetch_read or bool(also_wanted)
+        # Every prefetch key of a source type is read before the first dispatch (``run``): only fetches are left.
+        return bool(sources & also_wanted) or any(job.produces in sources for job in self.pending.values())
 
     def _search_job(self, server: str, query: str) -> Callable[[], list[dict[str, Any]]]:
         token, deadline = self.token, self.deadline
@@ -346,50 +418,55 @@ class _Gathering:
 
     # Running fetches
 
-    def _fetch(self, jobs: list[_Job]) -> None:
-        """Run the jobs in parallel within the deadline; add their results to the pool or raise 412.
+    def _submit(self, jobs: Iterable[_Job]) -> None:
+        for job in jobs:
+            self.pending[self.g.executor.submit(job.call)] = job
 
-        A required job that fails or is still running at the deadline is a 412; an optional one is a
-        note, and the other jobs' results are used.
+    def _drive(self) -> None:
+        """Take each fetch's answer as it arrives, send the searches it makes possible, until none is running.
+
+        A required fetch that fails, or is still running at the deadline, is a 412; an optional one
+        is a note, and the other fetches' results are used.
         """
-        if not jobs:
-            return
-        started = time.monotonic()
-        futures: dict[Future[list[dict[str, Any]]], _Job] = {self.g.executor.submit(job.call): job for job in jobs}
-        pending = set(futures)
-        try:
-            while pending:
-                done, pending = wait(pending, timeout=self.deadline.remaining(), return_when=FIRST_EXCEPTION)
-                if not done or any(f.exception() is not None and futures[f].required for f in done):
-                    break
-        finally:
-            self.fetch_seconds += time.monotonic() - started
-        failed = [f for f in futures if f not in pending and f.exception() is not None]
-        required_failed = [f for f in failed if futures[f].required]
-        if required_failed or any(futures[f].required for f in pending):
-            for future in pending:
-                future.cancel()
-            self.fetch_count += len(futures)
-            if required_failed:
-                raise self._failure(required_failed[0])
+        self._dispatch()
+        while self.pending:
+            started = time.monotonic()
+            try:
+                done, _ = wait(self.pending, timeout=self.deadline.remaining(), return_when=FIRST_COMPLETED)
+            finally:
+                self.fetch_seconds += time.monotonic() - started
+            if not done:
+                self._deadline_passed()  # only optional fetches were left: searches they held back may go now
+            for future in done:
+                self._complete(future, self.pending.pop(future))
+            self._dispatch()
+
+    def _deadline_passed(self) -> None:
+        if any(job.required for job in self.pending.values()):
+            self.fetch_count += len(self.pending)
             raise self._timeout()
-        for future in pending:
+        for future, job in list(self.pending.items()):
             future.cancel()
             self.fetch_count += 1
-            self._optional_failed(futures[future], "did not answer within the time budget")
-        for future in failed:
+            self._optional_failed(job, "did not answer within the time budget")
+        self.pending.clear()
+
+    def _complete(self, future: Future[list[dict[str, Any]]], job: _Job) -> None:
+        exc = future.exception()
+        if exc is not None:
             self.fetch_count += 1
-            exc = future.exception()
-            if not isinstance(exc, FhirError):
-                raise self._failure(future)  # a bug, not missing data: never hidden behind a note
-            self._optional_failed(futures[future], exc.message)
-        for future, job in futures.items():
-            if future in pending or future in failed:
-                continue
-            results = future.result()
-            self.fetch_count += job.requests(results)
-            if all(self._add_fetched(job, result) for result in results) and job.checks:
-                self.checked.add(job.checks)
+            if job.required or not isinstance(exc, FhirError):
+                # A required fetch failed (412), or a bug (not missing data: never hidden behind a note).
+                self.fetch_count += len(self.pending)
+                raise self._failure(future)
+            self._optional_failed(job, exc.message)
+            return
+        results = future.result()
+        self.fetch_count += job.requests(results)
+        if job.produces:
+            self.depth_of[job.produces] = max(self.depth_of.get(job.produces, 0), job.depth)
+        if all(self._add_fetched(job, result) for result in results) and job.checks:
+            self.checked.add(job.checks)
 
     def _optional_failed(self, job: _Job, why: str) -> None:
         self.notes.append(f"{job.checks or job.what} data was not available: fetching {job.what} failed ({why})")

@@ -158,6 +158,23 @@ def patient_encounter_refs(pool: ResourcePool, patient_ref: str, rules: RuleSet,
     return [key for _, _, key in sorted(in_window)]
 
 
+REFERENCE_SOURCES: Mapping[str, frozenset[str]] = {
+    "Encounter": frozenset({"Encounter"}),
+    "Device": frozenset({"Procedure"}),
+    "Location": frozenset({"Encounter", "Procedure"}),
+    "Organization": frozenset({"Encounter", "Coverage"}),
+    "PractitionerRole": frozenset({"Procedure"}),
+}
+"""For each type ``missing_references`` asks for, the resource types whose elements hold those references.
+
+The Encounter itself comes from the hook context (a pending read of it may still bring it), Devices from
+the Procedures' ``focalDevice``/``usedReference``/``used``, Locations from the Encounter and the Procedures,
+Organizations from the Encounter's ``serviceProvider`` and the Coverages' payors, PractitionerRoles from the
+Procedures' performers. The gathering layer searches a type as soon as no data of its source types is still
+on its way, so each type is still searched once, by every id at once (contract 2: ``Device?_id=a,b,c``).
+"""
+
+
 def missing_references(
     pool: ResourcePool,
     encounter_ref: str,

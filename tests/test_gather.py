@@ -7,6 +7,8 @@ What reached the server is read from the ``delay_proxy`` request log, so "one De
 from __future__ import annotations
 
 import datetime as dt
+import re
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -201,6 +203,63 @@ def test_without_prefetch_everything_is_fetched_in_two_waves(
     assert facts.missing == ()
 
 
+def hold_until(proxy: DelayProxy, held: str, until: str, seconds: float = 5.0) -> list[bool]:
+    """Make the proxy hold requests whose FHIR path starts with ``held`` until one starting with ``until`` arrives.
+
+    Returns a list that gets, for each held request, whether the awaited request came within ``seconds``.
+    """
+    arrived, outcomes, forward = threading.Event(), [], proxy.respond
+
+    def respond(handler: ScriptedHandler) -> None:
+        path = re.sub(r"^/fhir/?", "", handler.path)
+        if path.startswith(until):
+            arrived.set()
+        if path.startswith(held):
+            outcomes.append(arrived.wait(seconds))
+        forward(handler)
+
+    proxy.respond = respond
+    return outcomes
+
+
+@pytest.mark.parametrize("prefetched", [False, True], ids=["no prefetch", "prefetch without consent"])
+def test_the_device_search_does_not_wait_for_a_slow_evidence_search(
+    prefetched: bool, stored: dict, delay_proxy: DelayProxy, make_gatherer: GathererFactory
+):
+    # The Consent search is held until the Device search reaches the server: a gatherer that sent
+    # the reference searches only after every prefetch fetch had answered would wait the full 5 s.
+    outcomes = hold_until(delay_proxy, held="Consent?", until="Device?")
+    prefetch = {k: v for k, v in full_prefetch(stored).items() if k != "consent"} if prefetched else None
+    gatherer = make_gatherer(delay_proxy.base_url, fhir_budget_seconds=10.0)
+    gathered = gatherer.gather(
+        DISCHARGE, hook_request(DISCHARGE, prefetch=prefetch, fhir_server=delay_proxy.base_url, token=TEST_TOKEN)
+    )
+
+    assert outcomes == [True]
+    assert [p for p in delay_proxy.paths() if p.startswith("Device")] == [DEVICE_SEARCH]
+    assert len(keys(gathered, "Device")) == 4
+    assert "Consent" in gathered.checked  # the held search was answered and read, not dropped
+
+
+def test_a_type_is_searched_once_its_sources_are_all_in(
+    stored: dict, delay_proxy: DelayProxy, make_gatherer: GathererFactory
+):
+    # The Encounter read is held until the Device search has left, so the Procedures and the Coverage
+    # are in before the Encounter: the Organizations (serviceProvider and payor) must still be one search.
+    outcomes = hold_until(delay_proxy, held=f"Encounter/{ENCOUNTER}", until="Device?")
+    gatherer = make_gatherer(delay_proxy.base_url, fhir_budget_seconds=10.0)
+    gathered = gatherer.gather(DISCHARGE, hook_request(DISCHARGE, fhir_server=delay_proxy.base_url, token=TEST_TOKEN))
+
+    assert outcomes == [True]
+    paths = delay_proxy.paths()
+    assert sorted(p for p in paths if p.startswith(("Location", "Organization"))) == [
+        f"Location?_id=loc-int-hdr{SUFFIX}&_count=1",
+        f"Organization?_id=org-int-hosp{SUFFIX},org-int-medicare{SUFFIX}&_count=2",
+    ]
+    assert paths.index(DEVICE_SEARCH) < paths.index(f"Location?_id=loc-int-hdr{SUFFIX}&_count=1")
+    assert (gathered.fetch_count, gathered.rounds, gathered.notes) == (10, 1, [])
+
+
 def test_devices_missing_from_prefetch_are_fetched_by_id_in_one_search(
     stored: dict, delay_proxy: DelayProxy, make_gatherer: GathererFactory
 ):
@@ -301,8 +360,8 @@ def test_patient_view_without_encounter_finds_encounters_in_the_look_back(
             f"Encounter?_id={ENCOUNTER}&_count=1",
             DEVICE_SEARCH,
             f"Location?_id=loc-int-hdr{SUFFIX}&_count=1",
-            f"Organization?_id=org-int-medicare{SUFFIX}&_count=1",
-            f"Organization?_id=org-int-hosp{SUFFIX}&_count=1",
+            # The payor (from the Coverage) waits for the Encounter's serviceProvider: one search for both.
+            f"Organization?_id=org-int-hosp{SUFFIX},org-int-medicare{SUFFIX}&_count=2",
         ]
     )
     assert gathered.rounds == 2
@@ -522,6 +581,8 @@ def test_a_slow_server_is_abandoned_with_a_412(stored: dict, delay_proxy: DelayP
 def test_a_failing_server_is_a_412(case: dict, loopback_server: ServerFactory, make_gatherer: GathererFactory):
     server = loopback_server(lambda handler: handler.send_json(503, {"resourceType": "OperationOutcome"}))
     prefetch = {k: v for k, v in full_prefetch(case).items() if k != "charges"}
+    # The referenced Devices, Location and Organizations come along (as with _include): only ChargeItem is fetched.
+    prefetch["procedures"] = searchset(resources(case, "Procedure", "Device", "Location", "Organization"))
     gatherer = make_gatherer(server.base_url)
     with pytest.raises(DataUnavailable) as caught:
         gatherer.gather(DISCHARGE, hook_request(DISCHARGE, prefetch=prefetch, fhir_server=server.base_url))
