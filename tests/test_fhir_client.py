@@ -325,6 +325,25 @@ def test_token_never_leaves_fhir_server(loopback_server: ServerFactory, make_cli
     assert len(server.requests) == 3
 
 
+def test_a_cookie_the_server_sets_is_never_sent_back(loopback_server: ServerFactory, make_client: ClientFactory):
+    # A FHIR server's session cookie from one hook call must not ride along with the next call's token.
+    def respond(handler: ScriptedHandler) -> None:
+        handler.send_json(200, searchset([]), headers={"Set-Cookie": "session=from-call-1; Path=/"})
+
+    server = loopback_server(respond)
+    client = make_client(server.base_url)
+    client.search(server.base_url, "Procedure?patient=a", "token-of-call-1", Deadline(5))
+    client.search(server.base_url, "Procedure?patient=b", "token-of-call-2", Deadline(5))
+
+    assert [r.headers.get("cookie") for r in server.requests] == [None, None]
+    assert [r.headers.get("authorization") for r in server.requests] == [
+        "Bearer token-of-call-1",
+        "Bearer token-of-call-2",
+    ]
+    assert {r.headers.get("user-agent") for r in server.requests} == {"brachy-cds/0.1 (+CDS Hooks 2.0)"}
+    assert {r.headers.get("accept") for r in server.requests} == {"application/fhir+json"}
+
+
 def test_a_server_outside_the_allowed_list_is_never_contacted(
     loopback_server: ServerFactory, make_client: ClientFactory
 ):

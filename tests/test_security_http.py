@@ -115,7 +115,7 @@ def test_a_401_carries_the_cors_header(make_app):
 class _FailingSession:
     """A stand-in HTTP session with a bug: every request raises an exception the client does not expect."""
 
-    def get(self, *args: Any, **kwargs: Any) -> Any:
+    def send(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("bug while reading https://ehr.example.org/fhir/Patient/pat-int-1 (Ida Integration)")
 
     def close(self) -> None:
