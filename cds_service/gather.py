@@ -55,6 +55,8 @@ CRITICAL_TYPES = frozenset({"Device"})
 OPTIONAL_REFERENCE_TYPES = frozenset({"PractitionerRole"})
 """Referenced types that are only evidence (a resident's role for GC): a failed fetch is a note, not a 412."""
 NO_SERVER = "no allowed fhirServer was given"
+_SOURCE_TYPES = frozenset().union(*extract.REFERENCE_SOURCES.values())
+"""Resource types whose elements hold references the facts need (Encounter, Procedure, Coverage)."""
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
 
@@ -173,9 +175,8 @@ class _Gathering:
     def run(self) -> Gathered:
         # Prefetch keys that hold references go first: once they are read (or on their way), the
         # reference searches can leave while the other keys are still being validated or fetched.
-        sources = frozenset().union(*extract.REFERENCE_SOURCES.values())
-        first = [t for t in self.service.prefetch if t.resource_type in sources]
-        later = [t for t in self.service.prefetch if t.resource_type not in sources]
+        first = [t for t in self.service.prefetch if t.resource_type in _SOURCE_TYPES]
+        later = [t for t in self.service.prefetch if t.resource_type not in _SOURCE_TYPES]
         try:
             for template in first:
                 self._submit(self._prefetch(template))
@@ -428,7 +429,8 @@ class _Gathering:
         A required fetch that fails, or is still running at the deadline, is a 412; an optional one
         is a note, and the other fetches' results are used.
         """
-        self._dispatch()
+        if not self.pending:
+            self._dispatch()
         while self.pending:
             started = time.monotonic()
             try:
@@ -437,9 +439,13 @@ class _Gathering:
                 self.fetch_seconds += time.monotonic() - started
             if not done:
                 self._deadline_passed()  # only optional fetches were left: searches they held back may go now
+            answered = {self.pending[future].produces for future in done}
             for future in done:
                 self._complete(future, self.pending.pop(future))
-            self._dispatch()
+            # Only data of a source type, or the last fetch ending, can make a search possible (and
+            # finding what is missing costs 0.3-0.4 ms a time).
+            if not self.pending or answered & _SOURCE_TYPES:
+                self._dispatch()
 
     def _deadline_passed(self) -> None:
         if any(job.required for job in self.pending.values()):
