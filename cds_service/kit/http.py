@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -63,6 +64,28 @@ def problem(response: requests.Response) -> str:
         detail = response.text
     reason = f"HTTP {response.status_code}" + (f" {response.reason}" if response.reason else "")
     return f"{reason}: {detail}" if detail else reason
+
+
+def request_json(
+    http: requests.Session,
+    method: str,
+    url: str,
+    *,
+    failed: str,
+    not_json: str,
+    unreachable: Callable[[requests.RequestException], str],
+    **kwargs: Any,
+) -> Any:
+    """Send one request and return its JSON body; raise KitError in the caller's words unless it answers 200 JSON."""
+    try:
+        with http.request(method, url, timeout=TIMEOUT, **kwargs) as response:
+            if response.status_code != 200:
+                raise KitError(f"{failed}: {problem(response)}")
+            return response.json()
+    except requests.RequestException as exc:
+        raise KitError(unreachable(exc)) from None
+    except ValueError:
+        raise KitError(not_json) from None
 
 
 def same_origin(url: str, base: str) -> bool:

@@ -22,7 +22,16 @@ from urllib.parse import quote
 
 import requests
 
-from cds_service.kit.http import TIMEOUT, KitError, base_url, fhir_headers, new_session, problem, same_origin
+from cds_service.kit.http import (
+    TIMEOUT,
+    KitError,
+    base_url,
+    fhir_headers,
+    new_session,
+    problem,
+    request_json,
+    same_origin,
+)
 from cds_service.kit.signing import JwtSigner
 
 TOKEN = re.compile(r"\{\{\s*([A-Za-z][A-Za-z0-9_.]*)\s*\}\}")
@@ -147,15 +156,15 @@ def discover(
     headers = {"Accept": "application/json"}
     if signer:
         headers["Authorization"] = f"Bearer {signer.sign(url)}"
-    try:
-        with http.get(url, headers=headers, timeout=TIMEOUT) as response:
-            if response.status_code != 200:
-                raise KitError(f"discovery {url} failed: {problem(response)}")
-            body = response.json()
-    except requests.RequestException as exc:
-        raise KitError(f"cannot reach {url} ({exc.__class__.__name__})") from None
-    except ValueError:
-        raise KitError(f"discovery {url} did not answer JSON") from None
+    body = request_json(
+        http,
+        "GET",
+        url,
+        headers=headers,
+        failed=f"discovery {url} failed",
+        not_json=f"discovery {url} did not answer JSON",
+        unreachable=lambda exc: f"cannot reach {url} ({exc.__class__.__name__})",
+    )
     services = body.get("services") if isinstance(body, dict) else None
     if not isinstance(services, list):
         raise KitError(f"discovery {url} has no 'services' list")

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import requests
 
-from cds_service.kit.http import TIMEOUT, KitError, base_url, fhir_headers, new_session, problem, same_origin
+from cds_service.kit.http import KitError, base_url, fhir_headers, new_session, request_json, same_origin
 
 IDS_PER_SEARCH = 40
 MAX_PAGES = 50
@@ -242,18 +242,22 @@ def _search(http: requests.Session, server: str, url: str, token: str | None) ->
 
 
 def _get_json(http: requests.Session, url: str, token: str | None) -> dict[str, Any]:
-    try:
-        with http.get(url, headers=fhir_headers(token), timeout=TIMEOUT) as response:
-            if response.status_code != 200:
-                raise KitError(f"reading {url} failed: {problem(response)}")
-            body = response.json()
-    except requests.RequestException as exc:
-        raise KitError(f"cannot reach the FHIR server ({exc.__class__.__name__}: {exc})") from None
-    except ValueError:
-        raise KitError(f"reading {url} failed: the answer is not JSON") from None
+    body = request_json(
+        http,
+        "GET",
+        url,
+        headers=fhir_headers(token),
+        failed=f"reading {url} failed",
+        not_json=f"reading {url} failed: the answer is not JSON",
+        unreachable=_unreachable,
+    )
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
         raise KitError(f"reading {url} failed: the answer is not a Bundle")
     return body
+
+
+def _unreachable(exc: requests.RequestException) -> str:
+    return f"cannot reach the FHIR server ({exc.__class__.__name__}: {exc})"
 
 
 def _same(stored: dict[str, Any] | None, sample: dict[str, Any]) -> bool:
@@ -274,15 +278,16 @@ def _transaction(
 ) -> None:
     """POST one transaction of PUT entries; every entry must come back 200 or 201."""
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
-    try:
-        with http.post(server, json=bundle, headers=fhir_headers(token, content=True), timeout=TIMEOUT) as response:
-            if response.status_code != 200:
-                raise KitError(f"loading sample {name} failed: {problem(response)}")
-            body = response.json()
-    except requests.RequestException as exc:
-        raise KitError(f"cannot reach the FHIR server ({exc.__class__.__name__}: {exc})") from None
-    except ValueError:
-        raise KitError(f"loading sample {name} failed: the answer is not JSON") from None
+    body = request_json(
+        http,
+        "POST",
+        server,
+        json=bundle,
+        headers=fhir_headers(token, content=True),
+        failed=f"loading sample {name} failed",
+        not_json=f"loading sample {name} failed: the answer is not JSON",
+        unreachable=_unreachable,
+    )
     answers = body.get("entry") if isinstance(body, dict) else None
     if not isinstance(answers, list) or len(answers) != len(entries):
         raise KitError(f"loading sample {name} failed: the transaction response does not answer every entry")
