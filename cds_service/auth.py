@@ -21,9 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jwt
 import requests
-from jwt import PyJWK
 
 from cds_service.config import Settings, TrustedIssuer
 from cds_service.errors import Unauthorized
@@ -86,6 +84,10 @@ class JwtVerifier:
 
     ``clock`` (seconds since the epoch) and ``session`` (a ``requests.Session`` for JWK Set URLs) are
     injected so tests can drive expiry and key refresh against a real loopback server.
+
+    PyJWT is imported here with ``BRACHY_CDS_AUTH=required``, else on the first ``verify``, not at the
+    top of the module: with ``cryptography`` it costs ~0.1 s of a worker's cold start, which a service
+    with authentication off would spend for nothing.
     """
 
     def __init__(
@@ -108,6 +110,8 @@ class JwtVerifier:
         self._issuers: dict[str, list[_IssuerKeys]] = {}
         for issuer in settings.trusted_issuers:
             self._issuers.setdefault(issuer.iss, []).append(_IssuerKeys(issuer))
+        if settings.auth == "required":
+            import jwt  # noqa: F401  (at start-up, so the first call does not pay for the import)
 
     def close(self) -> None:
         """Close the HTTP session when this verifier created it."""
@@ -123,6 +127,7 @@ class JwtVerifier:
         (J7). The jti is recorded last, so a token refused for another reason does not burn it.
         """
         token = _bearer_token(authorization_header)
+        import jwt  # not at the top of the module: see the class docstring
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -145,7 +150,8 @@ class JwtVerifier:
         _check_jku(header.get("jku"), entry.issuer)
         jwk_data = self._key(entry, kid, alg)
         try:
-            claims = jwt.decode(token, key=PyJWK(jwk_data, algorithm=alg), algorithms=[alg], options=SIGNATURE_ONLY)
+            key = jwt.PyJWK(jwk_data, algorithm=alg)
+            claims = jwt.decode(token, key=key, algorithms=[alg], options=SIGNATURE_ONLY)
         except jwt.InvalidSignatureError:
             raise Unauthorized("bad signature") from None
         except jwt.PyJWTError:

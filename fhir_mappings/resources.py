@@ -21,10 +21,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pydantic
-from fhir.resources import get_fhir_model_class as _r5_model_class
 from fhir.resources.R4B import get_fhir_model_class as _r4b_model_class
 from fhir.resources.R4B.resource import Resource as _R4BResource
-from fhir.resources.resource import Resource as _R5Resource
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 
 R4B = "R4B"
@@ -90,7 +88,7 @@ _R5_HINTS: Mapping[str, frozenset[str]] = {
 _SUBJECT = {"reference": "Patient/warm-up"}
 _CONCEPT = {"coding": [{"system": "http://snomed.info/sct", "code": "394902000"}]}
 _WARM_UP_RESOURCES: tuple[Mapping[str, Any], ...] = (
-    {"resourceType": "Patient", "id": "warm-up"},
+    {"resourceType": "Patient", "id": "warm-up", "meta": {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00Z"}},
     {
         "resourceType": "Encounter",
         "status": "finished",
@@ -99,7 +97,6 @@ _WARM_UP_RESOURCES: tuple[Mapping[str, Any], ...] = (
         "location": [{"location": {"reference": "Location/warm-up"}}],
         "serviceProvider": {"display": "x"},
     },
-    {"resourceType": "Encounter", "status": "completed", "class": [_CONCEPT], "actualPeriod": {"start": "2026-01-01"}},
     {
         "resourceType": "Procedure",
         "status": "completed",
@@ -114,24 +111,10 @@ _WARM_UP_RESOURCES: tuple[Mapping[str, Any], ...] = (
         "location": {"reference": "Location/warm-up"},
     },
     {
-        "resourceType": "Procedure",
-        "status": "completed",
-        "code": _CONCEPT,
-        "subject": _SUBJECT,
-        "occurrenceDateTime": "2026-01-01",
-        "used": [{"reference": {"reference": "Device/warm-up"}}],
-    },
-    {
         "resourceType": "Device",
         "deviceName": [{"name": "x", "type": "other"}],
         "type": _CONCEPT,
         "property": [{"type": _CONCEPT, "valueQuantity": [{"value": 1}]}],
-    },
-    {
-        "resourceType": "Device",
-        "name": [{"value": "x", "type": "user-friendly-name"}],
-        "type": [_CONCEPT],
-        "property": [{"type": _CONCEPT, "valueInteger": 1}],
     },
     {"resourceType": "Location", "name": "x", "type": [_CONCEPT], "identifier": [{"value": "x"}]},
     {"resourceType": "Organization", "name": "x", "identifier": [{"value": "x"}]},
@@ -145,26 +128,11 @@ _WARM_UP_RESOURCES: tuple[Mapping[str, Any], ...] = (
         "extension": [{"url": "http://example.org/x", "valueCodeableConcept": _CONCEPT}],
     },
     {
-        "resourceType": "ChargeItem",
-        "status": "billable",
-        "code": _CONCEPT,
-        "subject": _SUBJECT,
-        "encounter": {"reference": "Encounter/warm-up"},
-    },
-    {
         "resourceType": "Coverage",
         "status": "active",
         "type": _CONCEPT,
         "beneficiary": _SUBJECT,
         "payor": [{"reference": "Organization/warm-up"}],
-    },
-    {
-        "resourceType": "Coverage",
-        "status": "active",
-        "kind": "insurance",
-        "beneficiary": _SUBJECT,
-        "insurer": {"reference": "Organization/warm-up"},
-        "paymentBy": [{"party": {"reference": "Organization/x"}}],
     },
     {"resourceType": "ImagingStudy", "status": "available", "subject": _SUBJECT, "encounter": {"reference": "x"}},
     {
@@ -174,17 +142,10 @@ _WARM_UP_RESOURCES: tuple[Mapping[str, Any], ...] = (
         "context": {"encounter": [{"reference": "Encounter/warm-up"}]},
         "content": [{"attachment": {"contentType": "text/plain"}}],
     },
-    {
-        "resourceType": "DocumentReference",
-        "status": "current",
-        "context": [{"reference": "Encounter/warm-up"}],
-        "content": [{"attachment": {"contentType": "text/plain"}}],
-    },
     {"resourceType": "Consent", "status": "active", "scope": _CONCEPT, "category": [_CONCEPT], "patient": _SUBJECT},
-    {"resourceType": "Consent", "status": "active", "subject": _SUBJECT},
     {"resourceType": "PractitionerRole", "code": [_CONCEPT]},
 )
-"""One R4 and (where the shape differs) one R5 resource per used type, for ``warm_up``."""
+"""One small R4 resource per used type, for ``warm_up`` (parsed with the R4B models only)."""
 
 
 class InvalidResource(ValueError):
@@ -218,10 +179,14 @@ def parse_resource(raw: Mapping[str, Any]) -> FHIRAbstractModel:
 
 @functools.cache
 def warm_up() -> None:
-    """Parse one small resource of each used type and shape once, at start-up, not in the first hook call.
+    """Parse one small R4 resource of each used type once, at start-up, not in the first hook call.
 
     fhir.resources builds its models lazily: the first parse in a new process costs ~0.2 s more
     than later ones (reference/fhir-modeling.md 1.5, recommendation 3). Cached: runs once a process.
+
+    Only the R4B models are built here (~0.25 s). The R5 ones are left to the first R5-shaped
+    resource a process meets, which then costs up to ~0.3 s more once (building them here doubled
+    the warm-up and was a fifth of the cold start, benchmark W4): R4 is what EHRs send.
     """
     for raw in _WARM_UP_RESOURCES:
         parse_resource(raw)
@@ -486,30 +451,38 @@ def _resource_type_problem(resource_type: Any) -> str:
     return "resourceType is not a FHIR resource type name"
 
 
-def _model_classes(resource_type: str) -> list[tuple[str, type[FHIRAbstractModel]]]:
-    classes = []
-    for release, lookup, base in ((R4B, _r4b_model_class, _R4BResource), (R5, _r5_model_class, _R5Resource)):
-        try:
-            klass = lookup(resource_type)
-        except ValueError:
-            continue
-        if issubclass(klass, base):
-            classes.append((release, klass))
-    return classes
+@functools.cache
+def _model_class(release: str, resource_type: str) -> type[FHIRAbstractModel] | None:
+    """Return the resource model of ``resource_type`` in ``release``, or None when it has none.
+
+    The R5 models are imported only here, on the first resource R4B rejects or that has an R5 shape:
+    importing a model builds it (see ``warm_up``), and most processes never see R5 input. Cached:
+    the lookup is a module import and a subclass check, asked for every resource parsed.
+    """
+    if release == R4B:
+        lookup, base = _r4b_model_class, _R4BResource
+    else:
+        from fhir.resources import get_fhir_model_class as lookup
+        from fhir.resources.resource import Resource as base
+    try:
+        klass = lookup(resource_type)
+    except ValueError:
+        return None
+    return klass if issubclass(klass, base) else None
 
 
 def _validate(resource_type: str, raw: Mapping[str, Any]) -> FHIRAbstractModel:
-    classes = _model_classes(resource_type)
-    if not classes:
-        raise InvalidResource(f"unknown resourceType {resource_type}", resource_type)
-    if _prefers_r5(resource_type, raw):
-        classes.reverse()
     failures: list[tuple[str, list[str]]] = []
-    for release, klass in classes:
+    for release in (R5, R4B) if _prefers_r5(resource_type, raw) else (R4B, R5):
+        klass = _model_class(release, resource_type)
+        if klass is None:
+            continue
         try:
             return klass.model_validate(raw)
         except pydantic.ValidationError as exc:
             failures.append((release, [_problem(error) for error in exc.errors(include_input=False)]))
+    if not failures:
+        raise InvalidResource(f"unknown resourceType {resource_type}", resource_type)
     release, problems = min(failures, key=lambda failure: (len(failure[1]), failure[0] != R4B))
     shown = "; ".join(problems[:_MAX_PROBLEMS]) + ("; ..." if len(problems) > _MAX_PROBLEMS else "")
     raise InvalidResource(
