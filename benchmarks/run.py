@@ -21,6 +21,7 @@ Python client. Workloads (docs/performance.md says more):
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import json
 import os
@@ -323,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"brachy-cds benchmark ({plan.mode}), work directory {workdir}", flush=True)
     signal.signal(signal.SIGTERM, _stop)  # a terminated run still stops its servers (the finally below)
     try:
+        byte_compile()
         bench.setup()
         bench.run()
     finally:
@@ -350,6 +352,18 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     return 0
+
+
+def byte_compile() -> None:
+    """Write the ``.pyc`` files of the project's own packages, as installing its wheel does (pip compiles).
+
+    This checkout is an editable install: with ``PYTHONDONTWRITEBYTECODE=1`` (set on the project's
+    machines) each server start would compile their ~8,000 lines again, ~0.1 s of W4 (cold start)
+    that a deployed image does not pay. Python checks each ``.pyc`` against its source, so an edited
+    file is never run stale.
+    """
+    for package in ("cds_service", "fhir_mappings", "benchmarks"):
+        compileall.compile_dir(REPO / package, quiet=1)
 
 
 def _stop(signum: int, _frame: Any) -> None:
