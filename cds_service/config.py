@@ -7,6 +7,8 @@ the environment is injected, so tests never touch ``os.environ``).
 
 from __future__ import annotations
 
+import difflib
+import functools
 import ipaddress
 import json
 import logging
@@ -23,6 +25,8 @@ AUTH_MODES = ("required", "off", "off-insecure")
 BILLING_MODELS = ("global", "split")
 SITE_KEYS = {"identifier", "pos", "billing", "teaching", "name"}
 TRUSTED_ISSUER_KEYS = {"iss", "jwks_url", "jwks", "tenant"}
+TOOLING_VARIABLES = frozenset({"PORT", "WRITE_EXPECTED", "TEST_FHIR_SERVER", "TEST_POSTGRES_URL"})
+"""``BRACHY_CDS_*`` names read by the project's scripts and test harness, not by the service: never warned about."""
 
 log = logging.getLogger("brachy_cds.config")
 
@@ -83,11 +87,47 @@ class Settings:
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
-    """Build Settings from ``BRACHY_CDS_*`` entries of ``environ``; raise ConfigError on a bad value."""
+    """Build Settings from ``BRACHY_CDS_*`` entries of ``environ``; raise ConfigError on a bad value.
+
+    A ``BRACHY_CDS_*`` variable no setting reads (a misspelling such as ``BRACHY_CDS_LOOKBACK_DAY``)
+    is warned about by name, with the closest real name; never with its value, which may be a secret.
+    """
     env = {k: v for k, v in environ.items() if k.startswith(PREFIX)}
-    auth = _choice(env, "AUTH", AUTH_MODES, "required")
-    settings = Settings(
-        auth=auth,
+    settings = _settings(env)
+    for name in sorted(set(env) - setting_names() - {_name(tool) for tool in TOOLING_VARIABLES}):
+        known = sorted(known.removeprefix(PREFIX) for known in setting_names())
+        close = difflib.get_close_matches(name.removeprefix(PREFIX), known, n=1, cutoff=0.75)
+        log.warning(
+            "%s is not a brachy-cds setting and is ignored%s",
+            name,
+            f"; did you mean {PREFIX}{close[0]}?" if close else " (README, Configuration, lists the settings)",
+        )
+    return settings
+
+
+@functools.cache
+def setting_names() -> frozenset[str]:
+    """Every ``BRACHY_CDS_*`` name the settings read: those asked for while reading an empty environment."""
+    env = _Reads()
+    _settings(env)
+    return frozenset(env.read)
+
+
+class _Reads(dict[str, str]):
+    """An empty environment that remembers every name asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        self.read.add(key)
+        return super().get(key, default)
+
+
+def _settings(env: Mapping[str, str]) -> Settings:
+    return Settings(
+        auth=_choice(env, "AUTH", AUTH_MODES, "required"),
         trusted_issuers=_trusted_issuers(env),
         public_url=_url(env, "PUBLIC_URL"),
         allowed_fhir_servers=_allowed_servers(env),
@@ -106,7 +146,6 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         max_json_depth=_int(env, "MAX_JSON_DEPTH", 64, minimum=8),
         log_level=_choice(env, "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
     )
-    return settings
 
 
 def check_bind(settings: Settings, host: str) -> None:

@@ -7,11 +7,20 @@ site table (5.1) and the trusted-issuer file name the file and the entry.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from cds_service.config import ConfigError, Settings, SiteEntry, TrustedIssuer, check_bind, load_settings
+from cds_service.config import (
+    ConfigError,
+    Settings,
+    SiteEntry,
+    TrustedIssuer,
+    check_bind,
+    load_settings,
+    setting_names,
+)
 
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 (check_bind is about this address)
 JWKS = {"keys": [{"kty": "EC", "crv": "P-384", "kid": "k1", "x": "AAAA", "y": "BBBB"}]}
@@ -112,6 +121,34 @@ def test_plain_http_to_another_host_is_allowed_with_a_warning(caplog):
     with caplog.at_level("WARNING", logger="brachy_cds.config"):
         load_settings({"BRACHY_CDS_ALLOWED_FHIR_SERVERS": "http://hapi:8080/fhir"})
     assert any("hapi" in record.getMessage() for record in caplog.records)
+
+
+def test_a_misspelt_variable_is_warned_about_by_name_with_the_real_one_and_never_its_value(caplog):
+    with caplog.at_level("WARNING", logger="brachy_cds.config"):
+        settings = load_settings(
+            {
+                "BRACHY_CDS_LOOKBACK_DAY": "7",
+                "BRACHY_CDS_TRUSTED_ISSUER": "/etc/brachy/issuers-secret-path.json",
+                "BRACHY_CDS_FROBNICATE": "s3cret-value",
+                "BRACHY_CDS_PORT": "9000",  # read by scripts/run, not by the service
+                "OTHER_TOOL_SETTING": "x",
+            }
+        )
+    assert settings.lookback_days == 30  # the misspelt variable really is ignored
+    assert [record.getMessage() for record in caplog.records] == [
+        "BRACHY_CDS_FROBNICATE is not a brachy-cds setting and is ignored (README, Configuration, lists the settings)",
+        "BRACHY_CDS_LOOKBACK_DAY is not a brachy-cds setting and is ignored; did you mean BRACHY_CDS_LOOKBACK_DAYS?",
+        "BRACHY_CDS_TRUSTED_ISSUER is not a brachy-cds setting and is ignored;"
+        " did you mean BRACHY_CDS_TRUSTED_ISSUERS?",
+    ]
+
+
+def test_the_settings_read_exactly_the_variables_the_readme_documents():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `(BRACHY_CDS_[A-Z_]+)`", table, flags=re.MULTILINE))
+    assert len(documented) == 18
+    assert setting_names() == documented
 
 
 def test_loopback_http_is_allowed_without_a_warning(caplog):
