@@ -94,10 +94,13 @@ class _Job:
     """False for optional data: a failure or timeout is a note, not a 412."""
     checks: str | None = None
     """The resource type this job's success makes checked (prefetch templates only)."""
-    produces: str | None = None
-    """The resource type the job brings: reference searches wait for the jobs that bring their sources."""
     depth: int = 0
     """0 for a prefetch key, n + 1 for a reference search asked for by data of depth n."""
+
+    @property
+    def produces(self) -> str:
+        """The resource type the job brings (its template's, or the searched type): what waits for it."""
+        return self.checks or self.what
 
     def requests(self, results: list[dict[str, Any]]) -> int:
         """HTTP requests the job made: one for a read, one per page for a search."""
@@ -257,7 +260,6 @@ class _Gathering:
                         lambda: self.g.client.next_pages(server, value, token, deadline),
                         required=template.required,
                         checks=template.resource_type,
-                        produces=template.resource_type,
                     )
                 ]
             if resource_type == template.resource_type:
@@ -291,7 +293,6 @@ class _Gathering:
                     read_url=f"{server.rstrip('/')}/{query}",
                     required=template.required,
                     checks=template.resource_type,
-                    produces=template.resource_type,
                 )
             ]
         return [
@@ -300,7 +301,6 @@ class _Gathering:
                 lambda: self.g.client.search(server, query, token, deadline),
                 required=template.required,
                 checks=template.resource_type,
-                produces=template.resource_type,
             )
         ]
 
@@ -384,7 +384,7 @@ class _Gathering:
                 query = f"{resource_type}?_id={','.join(chunk)}&_count={len(chunk)}"
                 required = resource_type not in OPTIONAL_REFERENCE_TYPES
                 search = self._search_job(self.server, query)
-                jobs.append(_Job(resource_type, search, required=required, produces=resource_type, depth=depth))
+                jobs.append(_Job(resource_type, search, required=required, depth=depth))
         self._submit(jobs)
 
     def _source_depth(self, resource_type: str) -> int:
@@ -469,8 +469,7 @@ class _Gathering:
             return
         results = future.result()
         self.fetch_count += job.requests(results)
-        if job.produces:
-            self.depth_of[job.produces] = max(self.depth_of.get(job.produces, 0), job.depth)
+        self.depth_of[job.produces] = max(self.depth_of.get(job.produces, 0), job.depth)
         if all(self._add_fetched(job, result) for result in results) and job.checks:
             self.checked.add(job.checks)
 
