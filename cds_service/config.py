@@ -12,7 +12,7 @@ import functools
 import ipaddress
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -322,19 +322,25 @@ def _read_table(env: Mapping[str, str], key: str) -> tuple[str, Any] | None:
     return raw, data
 
 
-def _sites(env: Mapping[str, str]) -> tuple[SiteEntry, ...]:
-    table = _read_table(env, "SITES")
+def _table_entries(env: Mapping[str, str], key: str, keys: set[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``(where, row)`` for each entry of a table file: a mapping using only ``keys``, else ConfigError."""
+    table = _read_table(env, key)
     if table is None:
-        return ()
+        return
     path, rows = table
-    sites = []
     for number, row in enumerate(rows, start=1):
-        where = f"{_name('SITES')}: {path} entry {number}"
+        where = f"{_name(key)}: {path} entry {number}"
         if not isinstance(row, dict):
             raise ConfigError(f"{where}: expected a mapping")
-        unknown = sorted(set(row) - SITE_KEYS)
+        unknown = sorted(set(row) - keys)
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}")
+        yield where, row
+
+
+def _sites(env: Mapping[str, str]) -> tuple[SiteEntry, ...]:
+    sites = []
+    for where, row in _table_entries(env, "SITES", SITE_KEYS):
         identifier = row.get("identifier")
         if (
             not isinstance(identifier, dict)
@@ -363,18 +369,8 @@ def _sites(env: Mapping[str, str]) -> tuple[SiteEntry, ...]:
 
 
 def _trusted_issuers(env: Mapping[str, str]) -> tuple[TrustedIssuer, ...]:
-    table = _read_table(env, "TRUSTED_ISSUERS")
-    if table is None:
-        return ()
-    path, rows = table
     issuers = []
-    for number, row in enumerate(rows, start=1):
-        where = f"{_name('TRUSTED_ISSUERS')}: {path} entry {number}"
-        if not isinstance(row, dict):
-            raise ConfigError(f"{where}: expected a mapping")
-        unknown = sorted(set(row) - TRUSTED_ISSUER_KEYS)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}")
+    for where, row in _table_entries(env, "TRUSTED_ISSUERS", TRUSTED_ISSUER_KEYS):
         iss = row.get("iss")
         if not isinstance(iss, str) or not iss:
             raise ConfigError(f"{where}: 'iss' must be a non-empty string")
